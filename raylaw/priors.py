@@ -1,0 +1,62 @@
+"""Published laws as priors: Step Law (Li et al., 2025, arXiv 2503.04715).
+
+The numbers are the mean and covariance of the 1,000 bootstrap fits the authors published
+(``fitted_lr_bs_bootstrap.csv`` in github.com/step-law/steplaw, folder ``data/``) of
+``lr = exp(a) N^b_N D^b_D`` and ``bs_tokens = exp(a) D^b_D`` (N: non-embedding parameters,
+D: training tokens). A prior describes someone else's setup, so its intercept gets an extra
+``TRANSFER_SD`` of log-space uncertainty: a user's own sweeps can move it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from raylaw.errors import RaylawError
+from raylaw.law import Prior
+
+TRANSFER_SD = 1.0  # log-space std added to the intercept: "your setup is not theirs"
+
+STEPLAW = {
+    "lr": {
+        "depends_on": ("N", "D"),
+        "mean": [0.586308, -0.712922, 0.307491],
+        "cov": [[0.389062, -0.0135589, -0.00513249],
+                [-0.0135589, 0.000891486, -0.000174332],
+                [-0.00513249, -0.000174332, 0.000366312]],
+    },
+    "batch_size": {  # in tokens
+        "depends_on": ("D",),
+        "mean": [-0.543542, 0.570944],
+        "cov": [[0.19118, -0.00815157],
+                [-0.00815157, 0.000348518]],
+    },
+}
+PRIORS = {"steplaw": STEPLAW}
+ROLES = {"lr": "lr", "learning_rate": "lr", "bs": "batch_size", "batch_size": "batch_size"}
+
+
+def prior_for(prior: str, name: str, hp: Any, transfer_sd: float = TRANSFER_SD) -> Prior | None:
+    """The named published prior for governed hyperparameter ``hp``, in the space's units.
+
+    Returns None when the prior has no law for this hyperparameter's role or scale variables.
+    """
+    if prior not in PRIORS:
+        raise RaylawError(f"--prior: unknown prior '{prior}' (expected one of "
+                          f"{sorted(PRIORS)} or none)")
+    role = hp.role or ROLES.get(name)
+    law = PRIORS[prior].get(role or "")
+    if law is None or set(law["depends_on"]) != set(hp.depends_on):
+        return None
+    order = [0] + [1 + law["depends_on"].index(k) for k in hp.depends_on]
+    mean = np.asarray(law["mean"], dtype=float)[order]
+    cov = np.asarray(law["cov"], dtype=float)[np.ix_(order, order)]
+    if role == "batch_size":
+        if hp.units == "sequences":
+            mean[0] -= math.log(hp.seq_len)
+        elif hp.units != "tokens":
+            return None
+    cov[0, 0] += transfer_sd**2
+    return Prior(mean, cov, f"{prior} (transfer sd {transfer_sd:g})")

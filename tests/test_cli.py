@@ -1,0 +1,141 @@
+"""The command line on the real Step Law data, and every bad-input case: one line, no output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from raylaw.cli import main
+from tests.conftest import ROOT, STEPLAW_CSV, STEPLAW_SPACE
+
+FIT = ["fit", "--csv", str(STEPLAW_CSV), "--space", str(STEPLAW_SPACE), "--prior", "none",
+       "--rename", "smooth loss=loss"]
+
+
+@pytest.fixture(scope="module")
+def law_path(tmp_path_factory):
+    out = tmp_path_factory.mktemp("law") / "law.json"
+    assert main(FIT + ["--out", str(out)]) == 0
+    return out
+
+
+def test_fit_predict_show_plot_end_to_end(law_path, tmp_path):
+    """The README's exact command line, through the real entry point."""
+    r = subprocess.run(
+        [sys.executable, "-m", "raylaw.tune", "predict", "--law", str(law_path),
+         "--scale", "N=1e9", "--scale", "D=2e10", "--json"],
+        capture_output=True, text=True, cwd=ROOT, check=True)
+    pred = json.loads(r.stdout)
+    assert set(pred) == {"lr", "bs"}
+    for p in pred.values():
+        assert p["low"] < p["center"] < p["high"]
+    # the Step Law paper's formula at this scale: lr ~ 1.0e-3, bs ~ 0.58 D^0.571 / 2048 ~ 225
+    assert 5e-4 < pred["lr"]["center"] < 2e-3
+    assert 100 < pred["bs"]["center"] < 450
+    law = json.loads(law_path.read_text())
+    assert len(law["optima"]) == 17 and law["provenance"]["prior"] == "none"
+    r = subprocess.run([sys.executable, "-m", "raylaw.tune", "show", str(law_path)],
+                       capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "b_N" in r.stdout and "scatter" in r.stdout and "quadratic" in r.stdout
+    png = tmp_path / "law.png"
+    assert main(["plot", str(law_path), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_with_published_prior(tmp_path):
+    out = tmp_path / "law.json"
+    args = [a if a != "none" else "steplaw" for a in FIT]
+    assert main(args + ["--out", str(out)]) == 0
+    assert json.loads(out.read_text())["provenance"]["prior"] == "steplaw"
+
+
+def run_bad(capsys, argv, out=None):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and err.startswith("raylaw: error:")
+    if out is not None:
+        assert not out.exists()
+    return err
+
+
+def edited_csv(tmp_path, fn):
+    import pandas as pd
+
+    df = pd.read_csv(STEPLAW_CSV)
+    df = fn(df)
+    p = tmp_path / "edited.csv"
+    df.to_csv(p, index=False)
+    return str(p)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("missing_csv", "no such file"),
+    ("unknown_rename", "no column 'smoothed'"),
+    ("missing_column", "no column 'N'"),
+    ("nonpositive_scale", "column 'D' row 2"),
+    ("nonnumeric_scale", "column 'N' row 3"),
+    ("nan_lr", "column 'lr' row 4"),
+    ("too_few_scales", "at least 4 scales"),
+    ("missing_space", "cannot read search space"),
+])
+def test_fit_bad_input(tmp_path, capsys, case, expect):
+    out = tmp_path / "out.json"
+    csv = str(STEPLAW_CSV)
+    rename = ["--rename", "smooth loss=loss"]
+    space = str(STEPLAW_SPACE)
+    if case == "missing_csv":
+        csv = str(tmp_path / "nope.csv")
+    elif case == "unknown_rename":
+        rename = ["--rename", "smoothed=loss"]
+    elif case == "missing_column":
+        csv = edited_csv(tmp_path, lambda d: d.drop(columns=["N"]))
+    elif case == "nonpositive_scale":
+        csv = edited_csv(tmp_path, lambda d: d.assign(D=[0] + list(d.D[1:])))
+    elif case == "nonnumeric_scale":
+        csv = edited_csv(tmp_path, lambda d: d.astype({"N": object}).assign(
+            N=[d.N[0], "big"] + list(d.N[2:])))
+    elif case == "nan_lr":
+        csv = edited_csv(tmp_path, lambda d: d.assign(lr=list(d.lr[:2]) + [float("nan")]
+                                                         + list(d.lr[3:])))
+    elif case == "too_few_scales":
+        csv = edited_csv(tmp_path, lambda d: d[d.N.isin(sorted(d.N.unique())[:1])
+                                                & d.D.isin(sorted(d.D.unique())[:3])])
+    elif case == "missing_space":
+        space = str(tmp_path / "nope.yaml")
+    err = run_bad(capsys, ["fit", "--csv", csv, "--space", space, "--out", str(out),
+                           "--prior", "none", *rename], out)
+    assert expect in err
+
+
+def test_predict_bad_input(tmp_path, capsys, law_path):
+    err = run_bad(capsys, ["predict", "--law", str(law_path), "--scale", "N=-1",
+                           "--scale", "D=2e10"])
+    assert "N=-1" in err and "positive" in err
+    err = run_bad(capsys, ["predict", "--law", str(law_path), "--scale", "N=abc",
+                           "--scale", "D=2e10"])
+    assert "not a number" in err
+    err = run_bad(capsys, ["predict", "--law", str(law_path), "--scale", "N=1e9"])
+    assert "missing ['D']" in err
+    bad = tmp_path / "v9.json"
+    d = json.loads(law_path.read_text())
+    d["format_version"] = 9
+    bad.write_text(json.dumps(d))
+    err = run_bad(capsys, ["predict", "--law", str(bad), "--scale", "N=1e9", "--scale", "D=1e10"])
+    assert str(bad) in err and "format_version 9" in err
+    err = run_bad(capsys, ["show", str(tmp_path / "missing.json")])
+    assert "cannot read law file" in err
+
+
+def test_failed_fit_keeps_previous_output(tmp_path, capsys, law_path):
+    out = tmp_path / "law.json"
+    shutil.copy(law_path, out)
+    before = out.read_bytes()
+    run_bad(capsys, ["fit", "--csv", str(tmp_path / "nope.csv"), "--space", str(STEPLAW_SPACE),
+                     "--out", str(out)])
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["law.json"]  # no temp files left behind
