@@ -160,6 +160,119 @@ def cmd_plot(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}")
 
 
+def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
+    """A SweepConfig from the shared sweep/ladder flags."""
+    from raylaw.sweep import SweepConfig
+
+    space = SearchSpace.load(a.space)
+    if a.samples < 1:
+        raise RaylawError(f"--samples {a.samples}: must be at least 1")
+    if a.cpus_per_trial <= 0 or a.gpus_per_trial < 0:
+        raise RaylawError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    constants = {}
+    for item in a.config or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RaylawError(f"--config {item!r}: expected KEY=VALUE")
+        try:
+            constants[key] = json.loads(value)
+        except ValueError:
+            constants[key] = value
+    return SweepConfig(
+        space=space, scale=scale, law_path=a.law or f"{space.name}.law.json", store=a.store,
+        samples=a.samples, prior=None if a.prior == "none" else a.prior, coverage=a.coverage,
+        cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
+        trainable=a.trainable, constants=constants, seed=a.seed,
+        max_concurrent=a.max_concurrent, max_failures=a.max_failures, resume=a.resume,
+        study_name=getattr(a, "study", None), results_dir=a.results, verbose=a.verbose)
+
+
+def cmd_sweep(a: argparse.Namespace) -> None:
+    from raylaw.sweep import format_summary, run_sweep
+
+    cfg = sweep_config(a, parse_scale(a.scale))
+    cfg.scale = cfg.space.check_scale(cfg.scale)
+    result = run_sweep(cfg, address=a.address)
+    print(format_summary(result))
+    if result.law_after is not None:
+        print(f"\n{law_table(result.law_after)}\nlaw: {cfg.law_path}")
+
+
+def parse_scales(text: str, space: SearchSpace) -> list[dict[str, float]]:
+    """Scales from a file (one per line) or a list 'N=1e5,D=2e6;N=2e5,D=4e6', smallest first."""
+    path = Path(text)
+    if path.is_file():
+        items = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+        where = f"--scales {text}"
+    else:
+        items = [x.strip() for x in text.split(";")]
+        where = "--scales"
+    scales = []
+    for item in items:
+        if item:
+            parts = [p for p in item.replace(",", " ").split() if p]
+            scales.append(space.check_scale(parse_scale(parts, where), where))
+    if not scales:
+        raise RaylawError(f"{where}: no scales given (expected e.g. 'N=1e5,D=2e6;N=2e5,D=4e6')")
+    return sorted(scales, key=lambda s: [s[k] for k in space.scale])
+
+
+def cmd_ladder(a: argparse.Namespace) -> None:
+    from raylaw.sweep import format_summary, run_sweep
+
+    space = SearchSpace.load(a.space)
+    for i, scale in enumerate(parse_scales(a.scales, space)):
+        cfg = sweep_config(a, scale)
+        print(f"\n### ladder step {i + 1}: " + ", ".join(f"{k}={v:g}" for k, v in scale.items()))
+        result = run_sweep(cfg, address=a.address)
+        print(format_summary(result))
+    law = ScalingLaw.load(cfg.law_path)
+    print(f"\n{law_table(law)}\nlaw: {cfg.law_path}")
+
+
+def cmd_history(a: argparse.Namespace) -> None:
+    from raylaw.history import history_rows
+
+    rows = history_rows(a.law)
+    if not rows:
+        raise RaylawError(f"{a.law}: no versions (a law gets versions when a sweep refits it)")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['version']}  unreadable: {r['error']}")
+            continue
+        coefs = "; ".join(f"{n}: " + " ".join(f"{k}={v:+.3f}" for k, v in c.items())
+                          for n, c in r["coef"].items())
+        print(f"{r['version']}  {r['when']:<26} optima={r['optima']:<3} {coefs}  {r['note']}")
+
+
+def add_sweep_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", required=True, help="search-space YAML file")
+    p.add_argument("--law", help="law JSON file, read and refitted (default: SPACE_NAME.law.json)")
+    p.add_argument("--samples", type=int, default=16, help="trials per sweep (default 16)")
+    p.add_argument("--store", default="sqlite:///raylaw.db",
+                   help="SQLAlchemy URL or SQLite path of the trial store")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an "
+                   "embedded local Ray)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--trainable", help="module:function (default: the space's trainable)")
+    p.add_argument("--prior", default="steplaw", choices=["steplaw", "none"],
+                   help="prior for a law file that does not exist yet")
+    p.add_argument("--coverage", type=coverage_arg, default=0.9,
+                   help="interval the search starts from (default 0.9)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as "
+                   "resources allow)")
+    p.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a crashed trial before it is recorded as errored")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE",
+                   help="constant passed to every trial's config (JSON or string)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the last unfinished sweep at this scale in the store")
+    p.add_argument("--results", help="Ray Tune results directory (default: Ray's)")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+
+
 def coverage_arg(v: str) -> float:
     try:
         f = float(v)
@@ -202,6 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--coverage", type=coverage_arg, default=0.9)
     pl.set_defaults(func=cmd_plot)
 
+    sw = sub.add_parser("sweep", help="run one law-narrowed sweep on Ray Tune, then refit")
+    add_sweep_flags(sw)
+    sw.add_argument("--scale", action="append", metavar="NAME=VALUE", required=True)
+    sw.add_argument("--study", help="name of the sweep's study in the store")
+    sw.set_defaults(func=cmd_sweep)
+
+    la = sub.add_parser("ladder", help="sweep several scales, smallest first, refitting "
+                        "the law after each")
+    add_sweep_flags(la)
+    la.add_argument("--scales", required=True,
+                    help="file with one scale per line, or 'N=1e5,D=2e6;N=2e5,D=4e6'")
+    la.set_defaults(func=cmd_ladder)
+
+    hi = sub.add_parser("history", help="list every version of a law file")
+    hi.add_argument("law")
+    hi.set_defaults(func=cmd_history)
     return p
 
 

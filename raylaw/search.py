@@ -1,0 +1,104 @@
+"""A Ray Tune searcher that drives an Optuna study (ask/tell) and records every trial in it.
+
+Unlike Ray's own ``OptunaSearch``, a trial that ASHA stopped early is told to Optuna as
+PRUNED (its learning curve is in the intermediate values, keyed by fidelity), never as
+COMPLETE with a low-fidelity value; a diverged trial is FAIL with status ``diverged``; a
+crashed one FAIL with status ``errored``. The study's storage is the durable store: each
+result is written as it arrives, so a crash of the driver loses no finished trial.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from raylaw.optuna import STATUS_ATTR
+
+RAY_TRIAL_ATTR = "ray_trial_id"
+
+
+def trial_status(result: dict[str, Any] | None, error: bool, metric: str,
+                 fidelity: str | None, budget: float | None) -> str:
+    """completed / stopped / diverged / errored, from a trial's last result."""
+    if error:
+        return "errored"
+    if not result or metric not in result:
+        return "errored"
+    value = result[metric]
+    if result.get("diverged") or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "diverged"
+    if fidelity is None or budget is None:
+        return "completed"
+    reached = result.get(fidelity)
+    return "completed" if reached is not None and reached >= budget * (1 - 1e-9) else "stopped"
+
+
+class LawSearch(Searcher):
+    """Suggest configs from ``study``'s sampler over fixed distributions; tell results back.
+
+    ``constants`` (e.g. ``{"scale": {...}}``) are merged into every config. Trials already
+    in the study but never finished (a crashed driver) are suggested again first, with the
+    same parameters, so a resumed sweep runs them once more.
+    """
+
+    def __init__(self, study: optuna.Study, distributions: dict[str, BaseDistribution],
+                 metric: str, mode: str, constants: dict[str, Any] | None = None,
+                 fidelity: str | None = None, budget: float | None = None,
+                 resources: dict[str, float] | None = None) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.study = study
+        self.distributions = distributions
+        self.constants = dict(constants or {})
+        self.fidelity = fidelity
+        self.budget = budget
+        self.resources = dict(resources or {})
+        self._live: dict[str, optuna.Trial] = {}
+        self._rerun = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        self.counts = {"completed": 0, "stopped": 0, "diverged": 0, "errored": 0}
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self._rerun:  # an unfinished trial of an interrupted sweep: run it again
+            old = self._rerun.pop(0)
+            self.study.tell(old.number, state=TrialState.FAIL)
+            self.study._storage.set_trial_user_attr(old._trial_id, STATUS_ATTR, "interrupted")
+            self.study.enqueue_trial(old.params)
+        trial = self.study.ask(self.distributions)
+        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        if self.resources:
+            trial.set_user_attr("resources", self.resources)
+        self._live[trial_id] = trial
+        return {**trial.params, **self.constants}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        trial = self._live.get(trial_id)
+        value = result.get(self.metric)
+        if trial is None or result.get("diverged") or not isinstance(value, (int, float)):
+            return
+        if not math.isfinite(value):
+            return
+        step = result.get(self.fidelity) if self.fidelity else None
+        if step is None:
+            step = result.get("training_iteration", 0)
+        trial.report(float(value), int(step))
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        trial = self._live.pop(trial_id, None)
+        if trial is None:
+            return
+        status = trial_status(result, error, self.metric, self.fidelity, self.budget)
+        self.counts[status] += 1
+        trial.set_user_attr(STATUS_ATTR, status)
+        if result and self.fidelity and result.get(self.fidelity) is not None:
+            trial.set_user_attr("fidelity", float(result[self.fidelity]))
+        if status == "completed":
+            self.study.tell(trial, float(result[self.metric]))
+        elif status == "stopped":
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)

@@ -1,0 +1,314 @@
+"""One sweep at a target scale on Ray Tune, then a refit of the law from every sweep in the store.
+
+Trials come from ``LawSampler`` over the law-narrowed space (through ``LawSearch``), ASHA stops
+poor trials on the fidelity the trainable reports, every trial lands in the store as it
+finishes, and afterwards the scale's optimum updates the law (a new numbered version).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from raylaw.errors import RaylawError
+from raylaw.history import save_version
+from raylaw.law import Optimum, Prediction, ScalingLaw
+from raylaw.optimum import extract_optimum
+from raylaw.optuna import LawSampler, optima_from_studies, trials_frame
+from raylaw.space import SearchSpace
+from raylaw.store import STATE_ATTR, create_sweep, open_store, sweep_studies
+
+DEFAULT_TRAINABLE = "raylaw.trainables.lm:train"
+
+
+@dataclass
+class SweepConfig:
+    """What one sweep needs; the CLI fills it from flags."""
+
+    space: SearchSpace
+    scale: dict[str, float]
+    law_path: str
+    store: str = "sqlite:///raylaw.db"
+    samples: int = 16
+    prior: str | None = "steplaw"
+    coverage: float = 0.9
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    trainable: str | None = None
+    constants: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    max_concurrent: int | None = None
+    max_failures: int = 0
+    grace_fraction: float = 1 / 9
+    reduction_factor: int = 3
+    resume: bool = False
+    study_name: str | None = None
+    results_dir: str | None = None
+    verbose: int = 1
+
+
+@dataclass
+class SweepResult:
+    """What a sweep found and what it did to the law."""
+
+    study_name: str
+    counts: dict[str, int]
+    prediction: dict[str, Prediction]
+    optimum: Optimum | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    law_before: ScalingLaw
+    law_after: ScalingLaw | None
+    law_version: int | None
+    tokens_trained: float
+    tokens_full: float
+    resumed: bool = False
+
+
+def load_trainable(spec: str) -> Callable[[dict], Any]:
+    """Import ``module:function``; a clear error when it cannot be imported or called."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise RaylawError(f"--trainable {spec!r}: expected module:function")
+    try:
+        mod = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - any import failure is the user's to see
+        raise RaylawError(f"--trainable {spec}: cannot import module '{module}' "
+                          f"({type(e).__name__}: {e})") from e
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        raise RaylawError(f"--trainable {spec}: module '{module}' has no function '{name}'")
+    return fn
+
+
+def load_law(path: str | Path, space: SearchSpace, prior: str | None) -> ScalingLaw:
+    """The law at ``path`` (checked against the space), or a fresh one from the prior."""
+    path = Path(path)
+    if not path.exists():
+        try:
+            return ScalingLaw.for_space(space, prior=prior)
+        except RaylawError:
+            return ScalingLaw.for_space(space, prior=None)
+    law = ScalingLaw.load(path)
+    if law.space_name != space.name:
+        raise RaylawError(f"--law {path}: fitted for space '{law.space_name}', not "
+                          f"'{space.name}'")
+    for name, hp in space.governed.items():
+        term = law.terms.get(name)
+        if term is None or set(term.depends_on) != set(hp.depends_on):
+            raise RaylawError(f"--law {path}: has no law for '{name}' on "
+                              f"{list(hp.depends_on)} as space '{space.name}' declares")
+    return law
+
+
+def check_address(address: str) -> None:
+    """Fail fast, in one line, when a Ray address cannot be reached (ray.init waits long)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    if address in ("auto", "local") or ":" not in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as e:
+        raise RaylawError(f"--address {address}: cannot reach a Ray cluster there "
+                          f"({e.strerror if isinstance(e, OSError) else e})") from None
+
+
+def init_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS, set under ``ray job submit``);
+    otherwise start an embedded local Ray. Nothing listens beyond 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_address(address)
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+                 configure_logging=False)
+
+
+def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
+    """Run one sweep and refit the law; see the module docstring."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raylaw.search import LawSearch
+
+    space, scale = cfg.space, cfg.space.check_scale(cfg.scale)
+    spec = cfg.trainable or space.trainable or DEFAULT_TRAINABLE
+    trainable = load_trainable(spec)
+    law = load_law(cfg.law_path, space, cfg.prior)
+    storage = open_store(cfg.store)
+    prediction = law.predict(scale, cfg.coverage) if any(
+        t.fitted for t in law.terms.values()) else {}
+    sampler = LawSampler(law if prediction else None, space, scale, coverage=cfg.coverage,
+                         seed=cfg.seed)
+    study, resumed = create_sweep(storage, space, scale, space.mode, sampler, cfg.resume,
+                                  cfg.study_name)
+    done = [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+            and t.user_attrs.get("raylaw_status") != "interrupted"]
+    remaining = max(cfg.samples - len(done), 0)
+    # the objective's distributions are the space's hard ranges: the sampler narrows governed
+    # ones itself (and can widen again when the law is off)
+    distributions = space.optuna_distributions()
+    budget = scale.get(space.budget) if space.budget else None
+    resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    search = LawSearch(study, distributions, space.metric, space.mode,
+                       constants={"scale": scale, **cfg.constants}, fidelity=space.fidelity,
+                       budget=budget, resources=resources)
+    if remaining > 0:
+        init_ray(address)
+        scheduler = None
+        if space.fidelity and budget:
+            scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
+                                      grace_period=budget * cfg.grace_fraction,
+                                      reduction_factor=cfg.reduction_factor)
+            _restore_rungs(scheduler, study, space, budget)
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            tune_config=tune.TuneConfig(
+                metric=space.metric, mode=space.mode, search_alg=search, scheduler=scheduler,
+                num_samples=remaining, max_concurrent_trials=cfg.max_concurrent),
+            run_config=tune.RunConfig(
+                name=_safe(study.study_name), storage_path=cfg.results_dir,
+                verbose=cfg.verbose,
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+        try:
+            tuner.fit()
+        except Exception as e:  # noqa: BLE001 - Tune wraps trainable/contract errors
+            raise RaylawError(f"sweep {study.study_name} failed: {str(e).splitlines()[0]}") from e
+        _check_reported_metric(study, space, spec)
+    study.set_user_attr(STATE_ATTR, "finished")
+    return _refit(cfg, space, scale, law, storage, study, prediction, resumed)
+
+
+def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: ScalingLaw,
+           storage: Any, study: optuna.Study, prediction: dict[str, Prediction],
+           resumed: bool) -> SweepResult:
+    """This scale's optimum, then the law refitted from every sweep of the space in the store."""
+    df = trials_frame(study)
+    counts = df["status"].value_counts().to_dict() if not df.empty else {}
+    optimum = None
+    if not df.empty and (df["status"] == "completed").any():
+        optimum = extract_optimum(df.rename(columns={"value": space.metric}), space, scale,
+                                  source=f"sweep {study.study_name}")
+    budget = scale.get(space.budget) if space.budget else None
+    tokens = float(df["fidelity"].fillna(df["step"]).fillna(0).sum()) if not df.empty else 0.0
+    full = float(len(df) * budget) if budget else 0.0
+    best_value, best_params = None, {}
+    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if completed:
+        best = min(completed, key=lambda t: t.value if space.mode == "min" else -t.value)
+        best_value, best_params = best.value, best.params
+    after, version = None, None
+    evidence = optima_from_studies(storage, space, [s.study_name for s in sweep_studies(
+        storage, space.name)])
+    if evidence:
+        store_tag = f"store {cfg.store}"
+        kept = [o for o in law.optima if not o.source.startswith("store ")]
+        tagged = [Optimum(o.scale, o.values, o.sigmas, o.n_trials, o.n_excluded, o.method,
+                          store_tag) for o in evidence]
+        after = ScalingLaw(law.space_name, {n: _fresh_term(t) for n, t in law.terms.items()},
+                           kept, dict(law.provenance))
+        try:
+            after.fit(tagged, source=f"sweep {study.study_name}")
+        except RaylawError as e:
+            print(f"raylaw: law not refitted yet: {e}")
+            after = None
+        if after is not None:
+            version = save_version(after, cfg.law_path, note=f"after sweep {study.study_name}")
+    return SweepResult(study.study_name, counts, prediction, optimum, best_value, best_params,
+                       law, after, version, tokens, full, resumed)
+
+
+def _fresh_term(term: Any) -> Any:
+    from raylaw.law import Term
+
+    return Term(term.depends_on, term.prior)
+
+
+def _restore_rungs(scheduler: Any, study: optuna.Study, space: SearchSpace,
+                   budget: float) -> None:
+    """Seed ASHA's rungs with the learning curves already in the store (resumed sweeps).
+
+    Ray's ``Tuner.restore`` loses ASHA's rung results (ray-project/ray#30838); the store has
+    every finished trial's intermediate values, so the cutoffs carry over.
+    """
+    sign = -1.0 if space.mode == "min" else 1.0  # ASHA keeps rewards, larger is better
+    for bracket in getattr(scheduler, "_brackets", []):
+        for milestone, recorded in bracket._rungs:
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                               TrialState.PRUNED)):
+                steps = [s for s in t.intermediate_values if s >= milestone]
+                if steps:
+                    recorded[f"store-{t.number}"] = sign * t.intermediate_values[min(steps)]
+
+
+def _check_reported_metric(study: optuna.Study, space: SearchSpace, spec: str) -> None:
+    trials = study.get_trials(deepcopy=False)
+    if trials and all(t.state == TrialState.FAIL for t in trials) and not any(
+            t.intermediate_values for t in trials):
+        raise RaylawError(f"--trainable {spec}: every trial failed without reporting "
+                          f"'{space.metric}'" + (f" and '{space.fidelity}'" if space.fidelity
+                                                 else "") + " (see the trial errors above)")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def format_summary(r: SweepResult) -> str:
+    """The end-of-sweep summary: prediction vs optimum, best trial, law before/after, cost."""
+    lines = [f"\n== sweep {r.study_name}{' (resumed)' if r.resumed else ''} ==",
+             "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()))]
+    if r.best_value is not None:
+        lines.append(f"best trial: {r.best_value:.5g}  " + ", ".join(
+            f"{k}={_fmt(v)}" for k, v in r.best_params.items()))
+    if r.optimum is not None:
+        lines.append(f"{'hp':<14}{'predicted':>11}{'interval':>24}{'found':>11}"
+                     f"{'log err':>9}  inside")
+        for name, v in r.optimum.values.items():
+            p = r.prediction.get(name)
+            if p is None:
+                lines.append(f"{name:<14}{'-':>11}{'-':>24}{v:>11.4g}")
+                continue
+            err = math.log(v / p.center)
+            inside = "yes" if p.low <= v <= p.high else "NO"
+            lines.append(f"{name:<14}{p.center:>11.4g}{f'[{p.low:.3g}, {p.high:.3g}]':>24}"
+                         f"{v:>11.4g}{err:>+9.3f}  {inside}")
+    else:
+        lines.append("no completed full-length trial: no optimum at this scale")
+    for label, law in (("law before", r.law_before), ("law after", r.law_after)):
+        if law is None:
+            continue
+        parts = []
+        for name, s in law.summary().items():
+            if s.get("fitted"):
+                parts.append(f"{name}: " + " ".join(f"{k}={v:+.3f}" for k, v in s["coef"].items()))
+        lines.append(f"{label}: " + "; ".join(parts))
+    if r.law_version is not None:
+        lines.append(f"law version {r.law_version} written")
+    if r.tokens_full:
+        lines.append(f"tokens trained: {r.tokens_trained:.3g} vs {r.tokens_full:.3g} for a "
+                     f"full-length run of every trial ({r.tokens_trained / r.tokens_full:.0%})")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

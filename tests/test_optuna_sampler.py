@@ -1,0 +1,191 @@
+"""LawSampler as an Optuna user meets it: optimize, ask/tell, seeds, pruners, RDB workers."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from raylaw import Optimum, ScalingLaw, SearchSpace
+from raylaw.optuna import (
+    LawSampler,
+    enqueue_prediction,
+    law_from_studies,
+    narrowed_distributions,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SPACE = SearchSpace.from_dict({
+    "name": "toy", "metric": "loss", "mode": "min", "scale": {"N": "params", "D": "tokens"},
+    "governed": {
+        "lr": {"depends_on": ["N", "D"], "low": 1e-5, "high": 1.0, "log": True},
+        "bs": {"depends_on": ["D"], "low": 1, "high": 4096, "log": True, "type": "int"},
+    },
+    "free": {"wd": {"low": 0.0, "high": 0.2}},
+})
+
+
+def true_lr(N: float, D: float) -> float:  # noqa: N803
+    return 2.0 * N**-0.7 * D**0.3
+
+
+def true_bs(d: float) -> float:
+    return 0.05 * d**0.5
+
+
+def fitted_law() -> ScalingLaw:
+    obs = []
+    for i, n in enumerate((1e6, 3e6, 1e7, 3e7, 1e8)):
+        for k, ratio in enumerate((10, 40)):
+            d = n * ratio
+            wiggle = 1 + 0.05 * ((i + k) % 3 - 1)
+            obs.append(Optimum({"N": n, "D": d}, {"lr": true_lr(n, d) * wiggle,
+                                                  "bs": true_bs(d) / wiggle},
+                               {"lr": 0.05, "bs": 0.05}))
+    return ScalingLaw.for_space(SPACE, prior=None).fit(obs)
+
+
+LAW = fitted_law()
+TARGET = {"N": 3e8, "D": 6e9}
+
+
+def objective(trial: optuna.Trial) -> float:
+    lr = trial.suggest_float("lr", 1e-5, 1.0, log=True)
+    bs = trial.suggest_int("bs", 1, 4096, log=True)
+    wd = trial.suggest_float("wd", 0.0, 0.2)
+    u = math.log(lr / true_lr(**TARGET))
+    v = math.log(bs / true_bs(TARGET["D"]))
+    return 2.0 + 0.05 * u * u + 0.02 * v * v + 0.01 * (wd - 0.1) ** 2
+
+
+def test_first_trial_is_the_law_center_and_search_stays_near_it():
+    sampler = LawSampler(LAW, SPACE, TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=12)
+    pred = LAW.predict(TARGET)
+    first = study.trials[0].params
+    assert first["lr"] == pytest.approx(pred["lr"].center)
+    assert first["bs"] == round(pred["bs"].center)
+    lrs = [t.params["lr"] for t in study.trials]
+    inside = sum(pred["lr"].low * 0.7 <= v <= pred["lr"].high * 1.4 for v in lrs)
+    assert inside >= 10  # concentrated on the law's interval, not the 5 decades declared
+    assert study.best_value - 2.0 < 0.002
+
+
+def test_same_seed_same_trials_and_ask_tell():
+    def run(seed: int) -> list[dict]:
+        study = optuna.create_study(sampler=LawSampler(LAW, SPACE, TARGET, seed=seed))
+        for _ in range(10):
+            t = study.ask()
+            study.tell(t, objective(t))
+        return [t.params for t in study.trials]
+
+    assert run(3) == run(3)
+    assert run(3) != run(4)
+
+
+def test_wrong_law_still_converges_inside_hard_bounds():
+    wrong = fitted_law()
+    for term in wrong.terms.values():
+        term.means[:, 0] += math.log(8.0)  # the law's center is 8x too high
+    study = optuna.create_study(sampler=LawSampler(wrong, SPACE, TARGET, seed=1))
+    study.optimize(objective, n_trials=60)
+    best = study.best_params
+    assert abs(math.log(best["lr"] / true_lr(**TARGET))) < 0.5
+    assert study.best_value - 2.0 < 0.02
+    assert all(1e-5 <= t.params["lr"] <= 1.0 for t in study.trials)
+
+
+def test_objectives_own_distributions_are_respected():
+    """A governed name in a narrower, linear or stepped distribution stays inside it."""
+    def narrow(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-3, 2e-3)  # linear, off the law's interval
+        bs = trial.suggest_int("bs", 8, 64, step=8)
+        other = trial.suggest_categorical("act", ["relu", "gelu"])
+        return lr + bs * 1e-5 + (other == "relu") * 1e-4
+
+    study = optuna.create_study(sampler=LawSampler(LAW, SPACE, TARGET, seed=0))
+    study.optimize(narrow, n_trials=15)
+    for t in study.trials:
+        assert 1e-3 <= t.params["lr"] <= 2e-3
+        assert t.params["bs"] in range(8, 65, 8)
+        assert t.params["act"] in ("relu", "gelu")
+
+
+def test_enqueue_pruner_and_helpers():
+    study = optuna.create_study(sampler=LawSampler(LAW, SPACE, TARGET, seed=0),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    study.enqueue_trial({"lr": 1e-3, "bs": 64, "wd": 0.05})
+
+    def curve(trial: optuna.Trial) -> float:
+        final = objective(trial)
+        for step in range(1, 6):
+            trial.report(final + 1.0 / step, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return final
+
+    study.optimize(curve, n_trials=12)
+    assert study.trials[0].params == {"lr": 1e-3, "bs": 64, "wd": 0.05}
+    states = {t.state for t in study.trials}
+    assert TrialState.COMPLETE in states
+    d = narrowed_distributions(LAW, SPACE, TARGET)
+    pred = LAW.predict(TARGET)
+    assert d["lr"].low == pytest.approx(pred["lr"].low) and d["wd"].high == 0.2
+    plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    params = enqueue_prediction(plain, LAW, SPACE, TARGET, extra={"wd": 0.1})
+    plain.optimize(objective, n_trials=1)
+    assert plain.trials[0].params["lr"] == pytest.approx(params["lr"])
+
+
+def test_law_from_existing_studies(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    for n in (1e6, 3e6, 1e7, 3e7):
+        d = 20 * n
+        study = optuna.create_study(study_name=f"run-{n:g}", storage=url)
+        study.set_user_attr("scale", {"N": n, "D": d})
+        for lr in (0.25, 0.5, 1.0, 2.0, 4.0):
+            for bs in (0.5, 1.0, 2.0):
+                lr_v, bs_v = true_lr(n, d) * lr, max(1, round(true_bs(d) * bs))
+                loss = 2 + 0.05 * math.log(lr) ** 2 + 0.02 * math.log(bs_v / true_bs(d)) ** 2
+                study.add_trial(optuna.trial.create_trial(
+                    params={"lr": lr_v, "bs": bs_v},
+                    distributions={"lr": SPACE.governed["lr"].optuna(),
+                                   "bs": SPACE.governed["bs"].optuna()},
+                    value=loss))
+    optuna.create_study(study_name="unrelated", storage=url)  # no scale: skipped
+    law = law_from_studies(url, SPACE, prior="steplaw")
+    assert len(law.optima) == 4
+    p = law.predict({"N": 1e8, "D": 2e9})["lr"]
+    assert p.low < true_lr(1e8, 2e9) < p.high
+
+
+WORKER = textwrap.dedent("""
+    import sys, optuna
+    from raylaw.optuna import LawSampler
+    from tests.test_optuna_sampler import SPACE, TARGET, objective, fitted_law
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = LawSampler(fitted_law(), SPACE, TARGET, seed=int(sys.argv[2]))
+    study = optuna.load_study(study_name="shared", storage=sys.argv[1], sampler=sampler)
+    study.optimize(objective, n_trials=8)
+""")
+
+
+def test_two_processes_share_an_rdb_storage(tmp_path):
+    from tests.conftest import ROOT
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    optuna.create_study(study_name="shared", storage=url)
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, str(seed)], cwd=ROOT)
+             for seed in (0, 1)]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0]
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert len(study.trials) == 16
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert study.best_value - 2.0 < 0.01
