@@ -136,7 +136,7 @@ def init_ray(address: str | None) -> None:
         check_address(address)
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1",
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
                  configure_logging=False)
 
 

@@ -25,3 +25,14 @@ def steplaw_df():
 
     df = pd.read_csv(STEPLAW_CSV).drop(columns=["loss"]).rename(columns={"smooth loss": "loss"})
     return df
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the whole session, with 2 CPUs and 2 logical GPUs."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,362 @@
+"""A small byte-level GPT trained as a Ray Tune function trainable.
+
+The whole workload fits in one file, nanoGPT style: a pre-LayerNorm decoder over the 256 byte
+values with a tied output head, AdamW with linear warmup and cosine decay to 10% of the peak
+learning rate, and a training loop that reports validation loss (nats per byte) against tokens
+seen. The model width and depth come from the scale variable N (non-embedding parameters) and
+the run length from D (training tokens), so the same search space can be swept across scales.
+
+Use ``train`` under Ray Tune (``raylaw.trainables.lm:train``) or ``run`` with any reporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import math
+import os
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VOCAB = 256  # byte-level vocabulary
+DATA_CAP = 30 * 2**20  # most bytes read from the corpus per process
+DEFAULT_SEQ_LEN = 128
+DEFAULT_EVAL_TOKENS = 2**16  # size of the fixed validation slice, in bytes
+DEFAULT_REPORTS = 16  # evenly spaced evaluations per full-length run
+DIVERGED_LOSS = 1e6  # loss reported for a diverged trial (finite, so schedulers can rank it)
+UNIFORM_LOSS = math.log(VOCAB)  # loss of a uniform byte predictor
+CHECKPOINT_FILE = "state.pt"
+
+Reporter = Callable[[dict, "str | None"], None]
+_DATA_CACHE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+# ----------------------------------------------------------------------------------- model shape
+
+
+def count_params(n_layer: int, n_embd: int) -> int:
+    """Non-embedding parameters: attention, MLP and LayerNorm weights (no biases anywhere)."""
+    return n_layer * (12 * n_embd * n_embd + 2 * n_embd) + n_embd
+
+
+def n_heads(n_embd: int) -> int:
+    """Number of attention heads: head size close to 64 and dividing the width."""
+    heads = max(1, round(n_embd / 64))
+    while n_embd % heads:
+        heads -= 1
+    return heads
+
+
+@functools.lru_cache(maxsize=256)
+def shape_for(N: float) -> tuple[int, int, int]:
+    """(n_layer, n_embd, n_head) whose count_params is closest to N.
+
+    Widths are multiples of 16 and the aspect ratio n_embd / n_layer stays within [16, 64];
+    ties go to the shape whose aspect ratio is closest to 32.
+    """
+    if not N > 0:
+        raise ValueError(f"N must be positive, got {N}")
+    best: tuple[float, float, int, int] | None = None
+    for n_layer in range(1, 97):
+        for n_embd in range(16 * n_layer, 64 * n_layer + 1, 16):
+            miss = abs(math.log(count_params(n_layer, n_embd) / N))
+            key = (round(miss, 9), abs(math.log2(n_embd / n_layer / 32)), n_layer, n_embd)
+            if best is None or key < best:
+                best = key
+    _, _, n_layer, n_embd = best
+    return n_layer, n_embd, n_heads(n_embd)
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: causal self-attention then a 4x GELU MLP."""
+
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.ln1 = nn.LayerNorm(n_embd, bias=False)
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
+        self.proj = nn.Linear(n_embd, n_embd, bias=False)
+        self.ln2 = nn.LayerNorm(n_embd, bias=False)
+        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
+        self.out = nn.Linear(4 * n_embd, n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply attention and MLP with residual connections."""
+        B, T, C = x.shape
+        qkv = self.qkv(self.ln1(x)).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    """Byte-level decoder; the output head shares the token embedding matrix."""
+
+    def __init__(self, n_layer: int, n_embd: int, n_head: int, seq_len: int) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, n_embd)
+        self.wpe = nn.Embedding(seq_len, n_embd)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=False)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:  # GPT-2 init, residual projections scaled down with depth
+                residual = name.endswith(("proj.weight", "out.weight"))
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layer) if residual else 0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-byte cross-entropy (nats) of ``targets`` given ``idx``."""
+        x = self.wte(idx) + self.wpe.weight[: idx.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        logits = F.linear(self.ln_f(x), self.wte.weight)
+        return F.cross_entropy(logits.view(-1, VOCAB).float(), targets.reshape(-1))
+
+
+def model_flops_per_token(n_layer: int, n_embd: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * (params incl. tied head) + 12 * n_layer * n_embd * seq_len."""
+    return 6 * (count_params(n_layer, n_embd) + VOCAB * n_embd) + 12 * n_layer * n_embd * seq_len
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _corpus_files(path: str | None) -> tuple[Path, list[Path]]:
+    """Root and sorted text files of the corpus; the default is the stdlib's own .py sources."""
+    if path is None:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in ("site-packages", "dist-packages")]
+            files += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
+        return root, sorted(files)
+    root = Path(path).expanduser()
+    if root.is_file():
+        return root.parent, [root]
+    return root, sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def load_data(path: str | None = None, cap: int = DATA_CAP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) uint8 byte tensors, read once per process and cached.
+
+    Files go to validation when the md5 of their relative path is 0 mod 20 (about 5%); a single
+    file (or a split that leaves either side empty) uses its last 5% as validation instead.
+    """
+    key = (str(path), cap)
+    if key not in _DATA_CACHE:
+        root, files = _corpus_files(path)
+        parts: dict[bool, list[bytes]] = {False: [], True: []}
+        total = 0
+        for f in files:
+            if total >= cap:
+                break
+            blob = f.read_bytes()[: cap - total]
+            is_val = hashlib.md5(f.relative_to(root).as_posix().encode()).digest()[0] % 20 == 0
+            parts[is_val].append(blob)
+            total += len(blob)
+        train, val = b"".join(parts[False]), b"".join(parts[True])
+        if len(files) == 1 or not train or not val:
+            stream = train + val
+            train, val = stream[: len(stream) * 19 // 20], stream[len(stream) * 19 // 20 :]
+        if len(val) < 2 or len(train) < 2:
+            raise ValueError(f"corpus {path or root} is too small ({total} bytes)")
+        _DATA_CACHE[key] = (
+            torch.frombuffer(bytearray(train), dtype=torch.uint8),
+            torch.frombuffer(bytearray(val), dtype=torch.uint8),
+        )
+    return _DATA_CACHE[key]
+
+
+def get_batch(
+    data: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (inputs, targets) windows of ``seq_len`` bytes drawn with ``gen``."""
+    starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), generator=gen)
+    buf = data[starts + torch.arange(seq_len + 1)].long()
+    return buf[:, :-1], buf[:, 1:]
+
+
+@torch.no_grad()
+def evaluate(model: GPT, val: torch.Tensor, n_tokens: int, seq_len: int, device: str, ctx) -> float:
+    """Mean cross-entropy (nats per byte) on a fixed validation slice.
+
+    The slice is ``n_tokens // seq_len`` windows spread evenly over the validation bytes, the
+    same for every trial with the same corpus and sequence length.
+    """
+    n = max(1, n_tokens // seq_len)
+    starts = torch.linspace(0, len(val) - seq_len - 1, n).long().unique()
+    buf = val[starts[:, None] + torch.arange(seq_len + 1)].long()
+    total, chunk = torch.zeros((), device=device), max(1, 2**14 // seq_len)
+    for i in range(0, len(buf), chunk):
+        part = buf[i : i + chunk].to(device)
+        with ctx:
+            loss = model(part[:, :-1], part[:, 1:])
+        total += loss.float() * len(part)
+    return (total / len(buf)).item()
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def lr_at(step: int, total_steps: int, peak: float, warmup: float) -> float:
+    """Linear warmup over ``warmup * total_steps`` steps, then cosine decay to 10% of peak."""
+    n_warm = int(warmup * total_steps)
+    if step < n_warm:
+        return peak * (step + 1) / n_warm
+    progress = (step - n_warm) / max(1, total_steps - n_warm)
+    return peak * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (not on LayerNorm gains); fused kernel when available."""
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=True)
+
+
+def report_steps(total_steps: int, n_reports: int) -> list[int]:
+    """Evenly spaced steps (1-based) at which to evaluate; always includes the last step."""
+    n = max(1, min(n_reports, total_steps))
+    return sorted({math.ceil(total_steps * i / n) for i in range(1, n + 1)})
+
+
+def assigned_cpus() -> int:
+    """CPUs Ray assigned to this trial, else ``os.cpu_count()`` (never starts Ray)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        with contextlib.suppress(Exception):
+            n = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if n:
+                return max(1, int(n))
+    return os.cpu_count() or 1
+
+
+def train_step(
+    model: GPT, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, ctx
+) -> torch.Tensor:
+    """One AdamW step at learning rate ``lr`` with gradients clipped to norm 1; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with ctx:
+        loss = model(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach().float()
+
+
+def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> None:
+    """Train one trial, calling ``report(metrics, checkpoint_dir)`` at every evaluation.
+
+    The checkpoint directory passed to ``report`` is only valid during the call (None when the
+    trial diverged). A run restored from ``checkpoint_dir`` continues from the saved step with
+    the saved model, optimizer and data-sampler state.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(int(config.get("threads") or assigned_cpus()))
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    cuda = device == "cuda"
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    seq_len = int(config.get("seq_len", DEFAULT_SEQ_LEN))
+    batch_size = int(config["batch_size"])
+    peak_lr, warmup = float(config["lr"]), float(config.get("warmup", 0.0))
+    N, D = float(config["scale"]["N"]), float(config["scale"]["D"])
+    total_steps = max(1, math.ceil(D / (batch_size * seq_len)))
+
+    train_data, val_data = load_data(config.get("data"))
+    if min(len(train_data), len(val_data)) <= seq_len + 1:
+        raise ValueError(f"corpus too small for seq_len={seq_len}")
+    eval_tokens = int(config.get("eval_tokens", DEFAULT_EVAL_TOKENS))
+    torch.manual_seed(int(config.get("seed", 0)))
+    model = GPT(*shape_for(N), seq_len=seq_len).to(device)
+    opt = make_optimizer(model, peak_lr, float(config.get("weight_decay", 0.0)))
+    gen = torch.Generator().manual_seed(int(config.get("seed", 0)))
+    step, best, train_loss = 0, math.inf, math.nan
+    if checkpoint_dir is not None:
+        path = Path(checkpoint_dir, CHECKPOINT_FILE)
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        gen.set_state(state["rng"].cpu())
+        step, best, train_loss = int(state["step"]), state["best"], state["train_loss"]
+
+    def send(loss: float, diverged: bool) -> None:
+        """Report metrics at the current step, with a checkpoint unless the trial diverged."""
+        metrics = {"loss": loss, "tokens": step * batch_size * seq_len}
+        metrics.update(train_loss=_finite(train_loss), diverged=diverged)
+        if diverged:
+            return report(metrics, None)
+        with tempfile.TemporaryDirectory(prefix="raylaw-lm-") as tmp:
+            state = {"model": model.state_dict(), "optim": opt.state_dict(), "step": step}
+            state.update(rng=gen.get_state(), best=best, train_loss=train_loss)
+            torch.save(state, Path(tmp, CHECKPOINT_FILE))
+            report(metrics, tmp)
+
+    evals = report_steps(total_steps, int(config.get("eval_every", DEFAULT_REPORTS)))
+    for end in [s for s in evals if s > step] or [step]:  # resumed at the end: report again
+        running, count = torch.zeros((), device=device), 0
+        while step < end:
+            x, y = get_batch(train_data, batch_size, seq_len, gen)
+            lr = lr_at(step, total_steps, peak_lr, warmup)
+            running += train_step(model, opt, x.to(device), y.to(device), lr, ctx)
+            step, count = step + 1, count + 1
+            if count % 32 == 0 and not running.item() / count < 3 * UNIFORM_LOSS:
+                train_loss = running.item() / count  # NaN, inf or far worse than uniform
+                return send(DIVERGED_LOSS, diverged=True)
+        train_loss = running.item() / count if count else train_loss
+        val_loss = evaluate(model, val_data, eval_tokens, seq_len, device, ctx)
+        if _diverged(val_loss, train_loss, best):
+            return send(DIVERGED_LOSS, diverged=True)
+        best = min(best, val_loss)
+        send(val_loss, diverged=False)
+
+
+def _diverged(val_loss: float, train_loss: float, best: float) -> bool:
+    """True when a loss is non-finite or validation blew up (> 1.5 ln 256, or > 3x the best)."""
+    if not (math.isfinite(val_loss) and math.isfinite(train_loss)):
+        return True
+    return val_loss > 1.5 * UNIFORM_LOSS or val_loss > 3 * best
+
+
+def _finite(x: float) -> float:
+    """``x`` if finite, else the diverged-loss sentinel."""
+    return x if math.isfinite(x) else DIVERGED_LOSS
+
+
+def _ray_report(metrics: dict, checkpoint_dir: str | None) -> None:
+    """Reporter that forwards metrics (and the checkpoint directory) to Ray Tune."""
+    from ray import tune
+
+    ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+    tune.report(metrics, checkpoint=ckpt)
+
+
+def train(config: dict) -> None:
+    """Ray Tune function trainable; resumes from ``tune.get_checkpoint()`` when there is one."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return run(config, _ray_report)
+    with checkpoint.as_directory() as checkpoint_dir:
+        return run(config, _ray_report, checkpoint_dir=checkpoint_dir)

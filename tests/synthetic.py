@@ -1,0 +1,38 @@
+"""A fast synthetic trainable for sweep tests: a learning-curve bowl over (lr, batch_size).
+
+It follows the trainable contract of the built-in LM: report the metric and ``tokens`` seen
+(up to D), and end a diverging trial with ``diverged=True`` and a finite loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+
+def bowl(config: dict) -> None:
+    """loss = 2 + curvature around lr* = 0.01 (N/1e5)^-0.5, bs* = 16, decaying with tokens."""
+    from ray import tune
+
+    d = float(config["scale"]["D"])
+    n = float(config["scale"]["N"])
+    lr, bs = float(config["lr"]), float(config["batch_size"])
+    reports = int(config.get("reports", 6))
+    if config.get("raise_above") is not None and lr > config["raise_above"]:
+        raise RuntimeError(f"synthetic crash at lr={lr}")
+    final = (2.0 + 0.05 * math.log(lr / (0.01 * (n / 1e5) ** -0.5)) ** 2
+             + 0.02 * math.log(bs / 16) ** 2)
+    for i in range(1, reports + 1):
+        tokens = d * i / reports
+        time.sleep(float(config.get("sleep", 0.0)))
+        if config.get("diverge_above") is not None and lr > config["diverge_above"] and i == 2:
+            tune.report({"loss": 1e6, "tokens": tokens, "diverged": True})
+            return
+        tune.report({"loss": final + 1.0 / i, "tokens": tokens, "diverged": False})
+
+
+def silent(config: dict) -> None:
+    """Reports no metric: the sweep must say so, clearly."""
+    from ray import tune
+
+    tune.report({"something_else": 1.0})

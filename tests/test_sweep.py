@@ -1,0 +1,131 @@
+"""Sweeps on a real embedded Ray: store, ASHA, statuses, refit, versions, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from raylaw.cli import main
+from raylaw.history import versions
+from tests.conftest import LM_SPACE, ROOT
+
+pytestmark = pytest.mark.ray
+
+
+def sweep_args(tmp_path, *extra, scale=("N=1e5", "D=1e5"), samples=4, trainable="tests.synthetic:bowl"):
+    args = ["sweep", "--space", str(LM_SPACE), "--samples", str(samples),
+            "--store", f"sqlite:///{tmp_path / 'store.db'}", "--law", str(tmp_path / "law.json"),
+            "--results", str(tmp_path / "results"), "--verbose", "0", "--max-failures", "0"]
+    for s in scale:
+        args += ["--scale", s]
+    if trainable:
+        args += ["--trainable", trainable]
+    return args + list(extra)
+
+
+def trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 1
+    return optuna.load_study(study_name=names[0], storage=storage).get_trials()
+
+
+def test_sweep_with_the_built_in_lm_end_to_end(ray_local, tmp_path, capsys):
+    code = main(sweep_args(tmp_path, "--config", "eval_every=4", scale=("N=2e4", "D=6e4"),
+                           samples=3, trainable=None))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "== sweep lm[" in out and "law version 1 written" in out and "tokens trained" in out
+    ts = trials(tmp_path)
+    assert len(ts) == 3
+    for t in ts:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        assert t.user_attrs["raylaw_status"] in ("completed", "stopped", "diverged")
+        assert t.user_attrs["resources"] == {"cpu": 1.0, "gpu": 0.0}
+        assert {"lr", "batch_size", "weight_decay", "warmup"} <= set(t.params)
+    done = [t for t in ts if t.state == TrialState.COMPLETE]
+    assert done and all(len(t.intermediate_values) >= 2 for t in done)  # learning curves kept
+    law = json.loads((tmp_path / "law.json").read_text())
+    assert law["provenance"]["version"] == 1 and len(law["optima"]) == 1
+    assert [p.name for p in versions(tmp_path / "law.json")] == ["v0001.json"]
+
+
+def test_asha_stops_poor_trials_and_refit_versions_the_law(ray_local, tmp_path, capsys):
+    assert main(sweep_args(tmp_path, "--config", "sleep=0.2", samples=8)) == 0
+    first = capsys.readouterr().out
+    ts = trials(tmp_path)
+    statuses = [t.user_attrs["raylaw_status"] for t in ts]
+    assert len(ts) == 8 and statuses.count("completed") >= 2
+    assert statuses.count("stopped") >= 1, statuses  # ASHA cut some off at a lower fidelity
+    for t in ts:
+        if t.user_attrs["raylaw_status"] == "stopped":
+            assert t.state == TrialState.PRUNED and t.user_attrs["fidelity"] < 1e5
+    assert "law version 1 written" in first
+    # a second sweep at another scale refits from both and keeps version 1
+    assert main(sweep_args(tmp_path, scale=("N=4e5", "D=4e5"), samples=4)) == 0
+    assert [p.name for p in versions(tmp_path / "law.json")] == ["v0001.json", "v0002.json"]
+    assert main(["history", str(tmp_path / "law.json")]) == 0
+    hist = capsys.readouterr().out
+    assert "v0001" in hist and "v0002" in hist
+
+
+def test_diverging_and_crashing_trials_do_not_fail_the_sweep(ray_local, tmp_path):
+    # lr above 0.02 diverges; above 0.1 the trainable raises
+    code = main(sweep_args(tmp_path, "--config", "diverge_above=0.02",
+                           "--config", "raise_above=0.1", samples=8))
+    assert code == 0
+    ts = trials(tmp_path)
+    by = {}
+    for t in ts:
+        by.setdefault(t.user_attrs["raylaw_status"], []).append(t)
+    assert "diverged" in by, [t.params["lr"] for t in ts]
+    assert all(t.state == TrialState.FAIL for t in by["diverged"])
+    assert all(t.params["lr"] > 0.02 for t in by["diverged"])
+    for t in by.get("errored", []):
+        assert t.state == TrialState.FAIL and t.params["lr"] > 0.1
+    law = json.loads((tmp_path / "law.json").read_text())
+    assert law["optima"][0]["n_excluded"] >= len(by["diverged"])
+
+
+def test_store_keeps_finished_trials_when_the_driver_is_killed(tmp_path):
+    """A separate driver process (its own embedded Ray) is SIGKILLed mid-sweep."""
+    args = sweep_args(tmp_path, "--config", "sleep=1.0", "--config", "reports=4", samples=12)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "raylaw.tune", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    finished = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(finished) < 2:
+            time.sleep(1)
+            if (tmp_path / "store.db").exists():
+                try:
+                    for name in optuna.get_all_study_names(storage):
+                        study = optuna.load_study(study_name=name, storage=storage)
+                        finished = [t for t in study.get_trials()
+                                    if t.state != TrialState.RUNNING]
+                except Exception:  # noqa: BLE001 - the store may be mid-creation
+                    pass
+        assert len(finished) >= 2, "sweep never finished two trials"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0],
+                              storage=storage)
+    after = {t.number: t for t in study.get_trials() if t.state != TrialState.RUNNING}
+    for t in finished:
+        kept = after[t.number]
+        assert kept.state == t.state and kept.value == t.value
+        assert kept.intermediate_values == t.intermediate_values
+        assert kept.user_attrs["raylaw_status"] == t.user_attrs["raylaw_status"]
+    assert not (tmp_path / "law.json").exists()  # the refit never ran: nothing half-written
