@@ -20,7 +20,8 @@ from tests.conftest import LM_SPACE, ROOT
 pytestmark = pytest.mark.ray
 
 
-def sweep_args(tmp_path, *extra, scale=("N=1e5", "D=1e5"), samples=4, trainable="tests.synthetic:bowl"):
+def sweep_args(tmp_path, *extra, scale=("N=1e5", "D=1e5"), samples=4,
+               trainable="tests.synthetic:bowl"):
     args = ["sweep", "--space", str(LM_SPACE), "--samples", str(samples),
             "--store", f"sqlite:///{tmp_path / 'store.db'}", "--law", str(tmp_path / "law.json"),
             "--results", str(tmp_path / "results"), "--verbose", "0", "--max-failures", "0"]
