@@ -8,6 +8,7 @@ the numbered version first, so a crash leaves the previous version valid.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ def versions(path: str | Path) -> list[Path]:
     d = history_dir(path)
     if not d.is_dir():
         return []
-    return sorted(p for p in d.iterdir() if re.fullmatch(r"v\d{4,}\.json", p.name))
+    return sorted((p for p in d.iterdir() if re.fullmatch(r"v\d{4,}\.json", p.name)),
+                  key=lambda p: int(p.stem[1:]))
 
 
 def save_version(law: ScalingLaw, path: str | Path, note: str = "") -> int:
@@ -35,12 +37,22 @@ def save_version(law: ScalingLaw, path: str | Path, note: str = "") -> int:
     path = Path(path)
     existing = versions(path)
     number = int(existing[-1].stem[1:]) + 1 if existing else 1
+    history_dir(path).mkdir(parents=True, exist_ok=True)
     if not existing and path.exists():  # a law made before versioning: keep it as v0001
         atomic_write_text(history_dir(path) / "v0001.json", path.read_text())
         number = 2
-    law.provenance["version"] = number
     if note:
         law.provenance["note"] = note
+    while True:  # claim the number first: two sweeps refitting at once get distinct versions
+        try:
+            fd = os.open(history_dir(path) / f"v{number:04d}.json",
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            number += 1
+            continue
+        os.close(fd)
+        break
+    law.provenance["version"] = number
     text = json.dumps(law.to_dict(), indent=2, allow_nan=False) + "\n"
     atomic_write_text(history_dir(path) / f"v{number:04d}.json", text)
     atomic_write_text(path, text)

@@ -42,8 +42,8 @@ class LawSearch(Searcher):
     """Suggest configs from ``study``'s sampler over fixed distributions; tell results back.
 
     ``constants`` (e.g. ``{"scale": {...}}``) are merged into every config. Trials already
-    in the study but never finished (a crashed driver) are suggested again first, with the
-    same parameters, so a resumed sweep runs them once more.
+    in the study but never finished (a crashed driver) are suggested again first, as the same
+    Optuna trial, so a resumed sweep runs each of them once more and records it once.
     """
 
     def __init__(self, study: optuna.Study, distributions: dict[str, BaseDistribution],
@@ -58,16 +58,14 @@ class LawSearch(Searcher):
         self.budget = budget
         self.resources = dict(resources or {})
         self._live: dict[str, optuna.Trial] = {}
-        self._rerun = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        self._rerun = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         self.counts = {"completed": 0, "stopped": 0, "diverged": 0, "errored": 0}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self._rerun:  # an unfinished trial of an interrupted sweep: run it again
-            old = self._rerun.pop(0)
-            self.study.tell(old.number, state=TrialState.FAIL)
-            self.study._storage.set_trial_user_attr(old._trial_id, STATUS_ATTR, "interrupted")
-            self.study.enqueue_trial(old.params)
-        trial = self.study.ask(self.distributions)
+        if self._rerun:  # an unfinished trial of an interrupted sweep: run it again, same record
+            trial = optuna.Trial(self.study, self._rerun.pop(0)._trial_id)
+        else:
+            trial = self.study.ask(self.distributions)
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
         if self.resources:
             trial.set_user_attr("resources", self.resources)

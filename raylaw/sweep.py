@@ -124,9 +124,22 @@ def check_address(address: str) -> None:
                           f"({e.strerror if isinstance(e, OSError) else e})") from None
 
 
+def loopback_ray_env(address: str | None) -> None:
+    """Keep an embedded (or 127.0.0.1) Ray on loopback; call before Ray is imported.
+
+    Ray 2.60 on Linux replaces 127.0.0.1 by the machine's address (and then listens on all
+    interfaces) unless this variable is 0; it must not be set when joining a remote cluster.
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    host = (address or "").split("://", 1)[-1].rsplit(":", 1)[0]
+    if not address or host in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def init_ray(address: str | None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS, set under ``ray job submit``);
-    otherwise start an embedded local Ray. Nothing listens beyond 127.0.0.1."""
+    otherwise start an embedded local Ray that listens on 127.0.0.1 only."""
+    loopback_ray_env(address)
     import ray
 
     if ray.is_initialized():
@@ -142,26 +155,28 @@ def init_ray(address: str | None) -> None:
 
 def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     """Run one sweep and refit the law; see the module docstring."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
+    loopback_ray_env(address)
     from raylaw.search import LawSearch
 
     space, scale = cfg.space, cfg.space.check_scale(cfg.scale)
     spec = cfg.trainable or space.trainable or DEFAULT_TRAINABLE
     trainable = load_trainable(spec)
     law = load_law(cfg.law_path, space, cfg.prior)
-    storage = open_store(cfg.store)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_address(address)
+    new_file = _sqlite_path(cfg.store)
+    new_file = new_file if new_file is not None and not new_file.exists() else None
+    storage = open_store(cfg.store)  # the first thing written: every check above passed
     prediction = law.predict(scale, cfg.coverage) if any(
         t.fitted for t in law.terms.values()) else {}
     sampler = LawSampler(law if prediction else None, space, scale, coverage=cfg.coverage,
                          seed=cfg.seed)
     study, resumed = create_sweep(storage, space, scale, space.mode, sampler, cfg.resume,
                                   cfg.study_name)
-    done = [t for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-            and t.user_attrs.get("raylaw_status") != "interrupted"]
-    remaining = max(cfg.samples - len(done), 0)
+    finished = study.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    remaining = max(cfg.samples - len(finished), 0)
     # the objective's distributions are the space's hard ranges: the sampler narrows governed
     # ones itself (and can widen again when the law is off)
     distributions = space.optuna_distributions()
@@ -171,31 +186,59 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
                        constants={"scale": scale, **cfg.constants}, fidelity=space.fidelity,
                        budget=budget, resources=resources)
     if remaining > 0:
-        init_ray(address)
-        scheduler = None
-        if space.fidelity and budget:
-            scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
-                                      grace_period=budget * cfg.grace_fraction,
-                                      reduction_factor=cfg.reduction_factor)
-            _restore_rungs(scheduler, study, space, budget)
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            tune_config=tune.TuneConfig(
-                metric=space.metric, mode=space.mode, search_alg=search, scheduler=scheduler,
-                num_samples=remaining, max_concurrent_trials=cfg.max_concurrent),
-            run_config=tune.RunConfig(
-                name=_safe(study.study_name), storage_path=cfg.results_dir,
-                verbose=cfg.verbose,
-                failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-        )
         try:
-            tuner.fit()
-        except Exception as e:  # noqa: BLE001 - Tune wraps trainable/contract errors
-            raise RaylawError(f"sweep {study.study_name} failed: {str(e).splitlines()[0]}") from e
-        _check_reported_metric(study, space, spec)
+            init_ray(address)
+            _run_tuner(cfg, space, study, search, trainable, resources, budget, remaining)
+        except BaseException:
+            if not resumed and not study.get_trials(deepcopy=False, states=(
+                    TrialState.COMPLETE, TrialState.PRUNED)):
+                optuna.delete_study(study_name=study.study_name, storage=storage)
+                if new_file is not None and not optuna.get_all_study_names(storage):
+                    storage.engine.dispose()
+                    new_file.unlink(missing_ok=True)  # a store this failed run created
+            raise
     study.set_user_attr(STATE_ATTR, "finished")
+    statuses = {t.user_attrs.get("raylaw_status") for t in study.get_trials(deepcopy=False)}
+    if statuses == {"errored"}:  # recorded in the store, but nothing to learn from
+        raise RaylawError(f"every trial of sweep {study.study_name} errored (--trainable "
+                          f"{spec}; see the trial errors above)")
     return _refit(cfg, space, scale, law, storage, study, prediction, resumed)
+
+
+def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search: Any,
+               trainable: Callable, resources: dict[str, float], budget: float | None,
+               remaining: int) -> None:
+    """Run the trials on Ray Tune with ASHA on the space's fidelity."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    scheduler = None
+    if space.fidelity and budget:
+        scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
+                                  grace_period=budget * cfg.grace_fraction,
+                                  reduction_factor=cfg.reduction_factor)
+        _restore_rungs(scheduler, study, space)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, search_alg=search, scheduler=scheduler,
+            num_samples=remaining, max_concurrent_trials=cfg.max_concurrent),
+        run_config=tune.RunConfig(
+            name=_safe(study.study_name), storage_path=cfg.results_dir, verbose=cfg.verbose,
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    spec = cfg.trainable or space.trainable or DEFAULT_TRAINABLE
+    try:
+        tuner.fit()
+    except Exception as e:  # noqa: BLE001 - Tune wraps trainable/contract errors
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "did not include the specified metric" in str(e):
+            raise RaylawError(f"--trainable {spec}: a trial's result has no "
+                              f"'{space.metric}' (the space's metric); trainables must report "
+                              "it with ray.tune.report") from e
+        raise RaylawError(f"sweep {study.study_name} failed: {msg}") from e
 
 
 def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: ScalingLaw,
@@ -243,8 +286,7 @@ def _fresh_term(term: Any) -> Any:
     return Term(term.depends_on, term.prior)
 
 
-def _restore_rungs(scheduler: Any, study: optuna.Study, space: SearchSpace,
-                   budget: float) -> None:
+def _restore_rungs(scheduler: Any, study: optuna.Study, space: SearchSpace) -> None:
     """Seed ASHA's rungs with the learning curves already in the store (resumed sweeps).
 
     Ray's ``Tuner.restore`` loses ASHA's rung results (ray-project/ray#30838); the store has
@@ -260,13 +302,10 @@ def _restore_rungs(scheduler: Any, study: optuna.Study, space: SearchSpace,
                     recorded[f"store-{t.number}"] = sign * t.intermediate_values[min(steps)]
 
 
-def _check_reported_metric(study: optuna.Study, space: SearchSpace, spec: str) -> None:
-    trials = study.get_trials(deepcopy=False)
-    if trials and all(t.state == TrialState.FAIL for t in trials) and not any(
-            t.intermediate_values for t in trials):
-        raise RaylawError(f"--trainable {spec}: every trial failed without reporting "
-                          f"'{space.metric}'" + (f" and '{space.fidelity}'" if space.fidelity
-                                                 else "") + " (see the trial errors above)")
+def _sqlite_path(url: str) -> Path | None:
+    if "://" not in url:
+        return Path(url)
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
 def _safe(name: str) -> str:

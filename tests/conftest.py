@@ -30,6 +30,9 @@ def steplaw_df():
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the whole session, with 2 CPUs and 2 logical GPUs."""
+    from raylaw.sweep import loopback_ray_env
+
+    loopback_ray_env(None)
     import ray
 
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",

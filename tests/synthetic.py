@@ -36,3 +36,29 @@ def silent(config: dict) -> None:
     from ray import tune
 
     tune.report({"something_else": 1.0})
+
+
+def flaky(config: dict) -> None:
+    """Crashes on its first attempt (a marker file per config), then behaves like ``bowl``."""
+    from pathlib import Path
+
+    marker = Path(config["marker_dir"]) / f"{config['lr']:.12g}"
+    if not marker.exists():
+        marker.write_text("crashed once")
+        raise RuntimeError("first attempt crashes")
+    bowl(config)
+
+
+def gpu_probe(config: dict) -> None:
+    """Records which GPU Ray assigned (CUDA_VISIBLE_DEVICES) and when the trial ran."""
+    import json
+    import os
+    from pathlib import Path
+
+    from ray import tune
+
+    start = time.time()
+    time.sleep(float(config.get("sleep", 1.5)))
+    record = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+    Path(config["probe_dir"], f"{os.getpid()}-{start:.6f}.json").write_text(json.dumps(record))
+    tune.report({"loss": 2.0 + config["lr"], "tokens": float(config["scale"]["D"])})

@@ -280,7 +280,8 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     seq_len = int(config.get("seq_len", DEFAULT_SEQ_LEN))
     batch_size = int(config["batch_size"])
     peak_lr, warmup = float(config["lr"]), float(config.get("warmup", 0.0))
-    N, D = float(config["scale"]["N"]), float(config["scale"]["D"])
+    scale = config.get("scale", config)  # {"N": ..., "D": ...}; flat N and D keys also work
+    N, D = float(scale["N"]), float(scale["D"])
     total_steps = max(1, math.ceil(D / (batch_size * seq_len)))
 
     train_data, val_data = load_data(config.get("data"))

@@ -1,0 +1,254 @@
+"""Faults and bad input: resume after a killed driver, retries, GPU scheduling with logical
+GPUs, concurrent sweeps on one store, crash-safe law files, and clear refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import combinations
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler
+
+from raylaw import ScalingLaw, SearchSpace
+from raylaw.cli import main
+from raylaw.history import versions
+from raylaw.sweep import _restore_rungs
+from tests.conftest import LM_SPACE, ROOT, STEPLAW_SPACE
+from tests.test_sweep import sweep_args
+
+pytestmark = pytest.mark.ray
+
+
+def study_of(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def start_driver(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "raylaw.tune", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, **kw)
+
+
+def test_resume_after_the_driver_is_killed(ray_local, tmp_path):
+    args = sweep_args(tmp_path, "--config", "sleep=0.7", "--config", "reports=4", samples=8)
+    proc = start_driver(args)
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    before = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(before) < 3:
+            time.sleep(0.5)
+            try:
+                (name,) = optuna.get_all_study_names(storage)
+                study = optuna.load_study(study_name=name, storage=storage)
+                before = [t for t in study.get_trials() if t.state != TrialState.RUNNING]
+            except Exception:  # noqa: BLE001 - not created yet
+                pass
+        assert len(before) >= 3
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    running = [t.number for t in study_of(tmp_path).get_trials() if t.state == TrialState.RUNNING]
+    assert main(args + ["--resume"]) == 0
+    study = study_of(tmp_path)  # the same study, continued
+    ts = study.get_trials()
+    assert len(ts) == 8 and all(t.state != TrialState.RUNNING for t in ts)
+    assert sorted(t.number for t in ts) == list(range(8))  # each trial exactly once
+    by_number = {t.number: t for t in ts}
+    for t in before:  # finished trials were not run again
+        assert by_number[t.number].datetime_complete == t.datetime_complete
+        assert by_number[t.number].value == t.value
+    for n in running:  # unfinished ones were, in their own record
+        assert by_number[n].user_attrs["raylaw_status"] in ("completed", "stopped")
+    assert study.user_attrs["raylaw_sweep"] == "finished"
+
+
+def test_resumed_asha_keeps_its_rung_results(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=storage)
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1, log=True)}
+    for i, final in enumerate((2.5, 2.2, 2.9)):
+        t = optuna.trial.create_trial(params={"lr": 0.01 * (i + 1)}, distributions=dist,
+                                      value=final, intermediate_values={
+                                          120: final + 0.6, 340: final + 0.3, 1000: final})
+        study.add_trial(t)
+    sched = ASHAScheduler(time_attr="tokens", metric="loss", mode="min", max_t=1000,
+                          grace_period=1000 / 9, reduction_factor=3)
+    _restore_rungs(sched, study, SearchSpace.load(LM_SPACE))
+    rungs = {round(m): rec for m, rec in sched._brackets[0]._rungs}
+    assert sorted(rungs[111].values()) == pytest.approx([-3.5, -3.1, -2.8])  # minus the loss
+    assert sorted(rungs[333].values()) == pytest.approx([-3.2, -2.8, -2.5])
+
+
+def test_crashed_trial_is_retried_then_recorded_as_errored(ray_local, tmp_path, capsys):
+    marker = tmp_path / "markers"
+    marker.mkdir()
+    args = sweep_args(tmp_path / "a", "--config", f"marker_dir={json.dumps(str(marker))}",
+                      samples=3, trainable="tests.synthetic:flaky")
+    (tmp_path / "a").mkdir()
+    args[args.index("--max-failures") + 1] = "1"
+    assert main(args) == 0
+    statuses = [t.user_attrs["raylaw_status"] for t in study_of(tmp_path / "a").get_trials()]
+    assert "errored" not in statuses and len(statuses) == 3  # each crashed once, retried
+    (tmp_path / "b").mkdir()
+    marker2 = tmp_path / "markers2"
+    marker2.mkdir()
+    args = sweep_args(tmp_path / "b", "--config", f"marker_dir={json.dumps(str(marker2))}",
+                      samples=2, trainable="tests.synthetic:flaky")
+    assert main(args) == 2  # no retries: every trial errored, and says so
+    assert "every trial of sweep" in capsys.readouterr().err
+    ts = study_of(tmp_path / "b").get_trials()  # ... but the records are kept
+    assert [t.user_attrs["raylaw_status"] for t in ts] == ["errored", "errored"]
+    assert all(t.state == TrialState.FAIL for t in ts)
+
+
+def probe_records(probe):
+    return [json.loads(p.read_text()) for p in probe.iterdir()]
+
+
+def overlapping(records):
+    return [(a, b) for a, b in combinations(records, 2)
+            if a["start"] < b["end"] - 0.05 and b["start"] < a["end"] - 0.05]
+
+
+@pytest.mark.parametrize("gpus, cpus, samples", [("1", "0.5", 4), ("0.5", "0.5", 4)])
+def test_gpu_trials_get_their_own_devices(ray_local, tmp_path, gpus, cpus, samples):
+    """The session's Ray advertises 2 logical GPUs: 1 GPU per trial runs at most 2 at once on
+    distinct devices; 0.5 packs two trials per device."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    args = sweep_args(tmp_path, "--config", f"probe_dir={json.dumps(str(probe))}",
+                      "--config", "sleep=4", "--gpus-per-trial", gpus, "--cpus-per-trial", cpus,
+                      samples=samples, trainable="tests.synthetic:gpu_probe")
+    assert main(args) == 0
+    records = probe_records(probe)
+    assert len(records) == samples
+    assert all(r["cuda"] in ("0", "1") for r in records)
+    pairs = overlapping(records)
+    if gpus == "1":
+        for a, b in pairs:
+            assert a["cuda"] != b["cuda"]  # concurrent trials never share a GPU
+        for r in records:  # never more than 2 at once
+            assert sum(o["start"] < r["start"] < o["end"] for o in records if o is not r) <= 1
+    else:
+        assert any(a["cuda"] == b["cuda"] for a, b in pairs)  # packed two per GPU
+        assert {r["cuda"] for r in records} <= {"0", "1"}
+    assert {t.user_attrs["resources"]["gpu"] for t in study_of(tmp_path).get_trials()} == {
+        float(gpus)}
+
+
+def test_lm_trainable_falls_back_to_cpu_on_a_logical_gpu(ray_local, tmp_path):
+    args = sweep_args(tmp_path, "--config", "eval_every=2", "--gpus-per-trial", "1",
+                      scale=("N=2e4", "D=2e4"), samples=1, trainable=None)
+    assert main(args) == 0
+    (t,) = study_of(tmp_path).get_trials()
+    assert t.state == TrialState.COMPLETE and t.user_attrs["resources"]["gpu"] == 1.0
+
+
+def test_two_sweeps_share_one_store(tmp_path):
+    common = ["--store", f"sqlite:///{tmp_path / 'store.db'}", "--law", str(tmp_path / "l.json")]
+    procs = []
+    for scale in ("N=1e5", "N=4e5"):
+        args = sweep_args(tmp_path, scale=(scale, "D=1e5"), samples=3)
+        for flag in ("--store", "--law", "--results"):
+            i = args.index(flag)
+            del args[i:i + 2]
+        procs.append(start_driver(args + common + ["--results", str(tmp_path / scale)]))
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    names = optuna.get_all_study_names(storage)
+    assert len(names) == 2
+    for name in names:
+        ts = optuna.load_study(study_name=name, storage=storage).get_trials()
+        assert len(ts) == 3 and all(t.state != TrialState.RUNNING for t in ts)
+    assert len(versions(tmp_path / "l.json")) == 2
+    assert len(ScalingLaw.load(tmp_path / "l.json").optima) == 2
+
+
+SAVER = """
+import sys
+from raylaw import Optimum, ScalingLaw, SearchSpace
+space = SearchSpace.load(sys.argv[2])
+law = ScalingLaw.for_space(space, prior="steplaw")
+law.fit([Optimum({"N": 1e8 * (1 + i % 7), "D": 2e9 * (1 + i % 5)}, {"lr": 1e-3, "bs": 100},
+                 {"lr": 0.1, "bs": 0.1}) for i in range(400)])
+print("ready", flush=True)
+while True:
+    law.save(sys.argv[1])
+"""
+
+
+def test_a_law_file_is_never_half_written(tmp_path):
+    path = tmp_path / "law.json"
+    ScalingLaw.for_space(SearchSpace.load(STEPLAW_SPACE)).save(path)
+    for delay in (0.05, 0.13, 0.31):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), str(STEPLAW_SPACE)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ScalingLaw.load(path)  # always a complete, valid law
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("unknown_field", "unknown field 'colour'"),
+    ("reversed_bounds", "low (0.3) must be below high (0.0001)"),
+    ("missing_scale", "missing scale variable 'D'"),
+    ("nonpositive_scale", "N=-5"),
+    ("bad_trainable", "cannot import module 'no_such_module'"),
+    ("trainable_no_function", "has no function 'nope'"),
+    ("law_other_space", "fitted for space 'steplaw', not 'lm'"),
+    ("unreachable_address", "cannot reach a Ray cluster"),
+    ("bad_store", "does not exist"),
+    ("bad_store_driver", "--store"),
+])
+def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
+    space = yaml.safe_load(LM_SPACE.read_text())
+    scale = ("N=1e5", "D=1e5")
+    extra, trainable = [], "tests.synthetic:bowl"
+    if case == "unknown_field":
+        space["colour"] = "red"
+    elif case == "reversed_bounds":
+        space["governed"]["lr"].update(low=0.3, high=1e-4)
+    elif case == "missing_scale":
+        scale = ("N=1e5",)
+    elif case == "nonpositive_scale":
+        scale = ("N=-5", "D=1e5")
+    elif case == "bad_trainable":
+        trainable = "no_such_module:train"
+    elif case == "trainable_no_function":
+        trainable = "tests.synthetic:nope"
+    elif case == "law_other_space":
+        ScalingLaw.for_space(SearchSpace.load(STEPLAW_SPACE)).save(tmp_path / "law.json")
+    elif case == "unreachable_address":
+        extra = ["--address", "127.0.0.1:1"]
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    args = sweep_args(tmp_path, *extra, scale=scale, trainable=trainable)
+    args[args.index("--space") + 1] = str(space_file)
+    if case == "bad_store":
+        args[args.index("--store") + 1] = f"sqlite:///{tmp_path / 'nope' / 'store.db'}"
+    elif case == "bad_store_driver":
+        args[args.index("--store") + 1] = "nosuchdb://user@127.0.0.1:1/x"
+    law_before = (tmp_path / "law.json").read_bytes() if case == "law_other_space" else None
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("raylaw: error:"), err
+    assert expect in err
+    assert not (tmp_path / "store.db").exists()
+    if law_before is None:
+        assert not (tmp_path / "law.json").exists()
+    else:
+        assert (tmp_path / "law.json").read_bytes() == law_before

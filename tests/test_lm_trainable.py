@@ -1,0 +1,145 @@
+"""Tests for the built-in byte-level GPT trainable (real torch, no Ray)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from raylaw.trainables import lm
+
+TINY = {
+    "lr": 3e-3,
+    "batch_size": 16,
+    "weight_decay": 0.1,
+    "warmup": 0.05,
+    "scale": {"N": 2e4, "D": 2e5},
+    "eval_tokens": 8192,
+    "threads": 1,  # tiny models gain little from threads, and lose a lot on a busy machine
+}
+
+
+def _collect(config: dict, keep: Path | None = None, checkpoint_dir: str | None = None) -> list:
+    """Run the core loop with a list-appending reporter; copy checkpoints under ``keep``."""
+    reports: list[dict] = []
+
+    def report(metrics: dict, ckpt: str | None) -> None:
+        if keep is not None and ckpt is not None:
+            shutil.copytree(ckpt, keep / f"report{len(reports)}")
+        reports.append(dict(metrics))
+
+    lm.run(config, report, checkpoint_dir=checkpoint_dir)
+    return reports
+
+
+@pytest.mark.parametrize("N", [2.5e4, 5e4, 1e5, 2e5, 1e6, 1e7])
+def test_shape_for_is_close_to_n(N: float) -> None:
+    n_layer, n_embd, n_head = lm.shape_for(N)
+    assert abs(lm.count_params(n_layer, n_embd) / N - 1) < 0.05
+    assert n_embd % 16 == 0 and n_embd % n_head == 0
+    assert 16 <= n_embd / n_layer <= 64
+
+
+def test_shape_for_picks_the_closest_count() -> None:
+    N = 1e5
+    best = abs(lm.count_params(*lm.shape_for(N)[:2]) - N)
+    for n_layer in range(1, 12):
+        for n_embd in range(16 * n_layer, 64 * n_layer + 1, 16):
+            assert abs(lm.count_params(n_layer, n_embd) - N) >= best
+
+
+@pytest.mark.parametrize("shape", [(1, 32), (2, 64), (3, 96), (4, 128)])
+def test_count_params_matches_module(shape: tuple[int, int]) -> None:
+    n_layer, n_embd = shape
+    model = lm.GPT(n_layer, n_embd, lm.n_heads(n_embd), seq_len=64)
+    embeddings = {"wte.weight", "wpe.weight"}
+    real = sum(p.numel() for name, p in model.named_parameters() if name not in embeddings)
+    assert real == lm.count_params(n_layer, n_embd)
+    assert sum(p.numel() for p in model.parameters()) == real + (lm.VOCAB + 64) * n_embd
+
+
+def test_tiny_run_learns_and_reports_tokens() -> None:
+    reports = _collect(TINY)
+    losses = [r["loss"] for r in reports]
+    tokens = [r["tokens"] for r in reports]
+    assert len(reports) == lm.DEFAULT_REPORTS
+    assert all(math.isfinite(x) for r in reports for x in (r["loss"], r["train_loss"]))
+    assert not any(r["diverged"] for r in reports)
+    assert losses[-1] < losses[0] - 0.5
+    assert all(b <= a + 0.05 for a, b in zip(losses, losses[1:], strict=False))
+    assert all(b > a for a, b in zip(tokens, tokens[1:], strict=False))
+    step_tokens = TINY["batch_size"] * 128
+    assert tokens[-1] == math.ceil(TINY["scale"]["D"] / step_tokens) * step_tokens
+    assert tokens[-1] >= TINY["scale"]["D"]
+    assert losses[-1] < 4.0  # well below ln(256) = 5.55 nats per byte
+
+
+def test_huge_lr_reports_divergence_once() -> None:
+    reports = _collect({**TINY, "lr": 50.0, "warmup": 0.0})
+    assert len(reports) == 1
+    (last,) = reports
+    assert last["diverged"] is True
+    assert last["loss"] == lm.DIVERGED_LOSS
+    assert math.isfinite(last["train_loss"])
+    assert 0 < last["tokens"] < TINY["scale"]["D"]
+
+
+def test_resume_continues_from_saved_step(tmp_path: Path) -> None:
+    config = {**TINY, "scale": {"N": 2e4, "D": 1e5}, "eval_every": 4}
+    full = _collect(config, keep=tmp_path)
+    assert len(full) == 4
+    resumed = _collect(config, checkpoint_dir=str(tmp_path / "report1"))
+    assert [r["tokens"] for r in resumed] == [r["tokens"] for r in full[2:]]
+    for a, b in zip(resumed, full[2:], strict=True):  # same state and data order: same losses
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+    state = torch.load(tmp_path / "report1" / lm.CHECKPOINT_FILE, weights_only=True)
+    assert state["step"] * config["batch_size"] * 128 == full[1]["tokens"]
+
+
+def test_resume_at_the_end_reports_once_more(tmp_path: Path) -> None:
+    config = {**TINY, "scale": {"N": 2e4, "D": 2e4}, "eval_every": 2}
+    full = _collect(config, keep=tmp_path)
+    again = _collect(config, checkpoint_dir=str(tmp_path / f"report{len(full) - 1}"))
+    assert len(again) == 1 and again[0]["tokens"] == full[-1]["tokens"]
+    assert again[0]["loss"] == pytest.approx(full[-1]["loss"], abs=1e-5)
+
+
+def test_default_split_is_deterministic() -> None:
+    train, val = lm.load_data()
+    lm._DATA_CACHE.clear()
+    train2, val2 = lm.load_data()
+    assert train is not train2
+    assert torch.equal(train, train2) and torch.equal(val, val2)
+    assert 0.02 < len(val) / (len(train) + len(val)) < 0.1
+    assert len(train) + len(val) <= lm.DATA_CAP
+
+
+def test_directory_and_file_splits(tmp_path: Path) -> None:
+    for i in range(60):
+        (tmp_path / f"doc{i:02d}.txt").write_bytes(bytes([65 + i % 26]) * 1000)
+    train, val = lm.load_data(str(tmp_path))
+    lm._DATA_CACHE.clear()
+    train2, val2 = lm.load_data(str(tmp_path))
+    assert torch.equal(train, train2) and torch.equal(val, val2)
+    assert len(train) + len(val) == 60_000 and 0 < len(val) < 30_000
+    assert len(val) % 1000 == 0  # whole files go to one side
+    train, val = lm.load_data(str(tmp_path / "doc00.txt"))  # one file: its last 5%
+    assert (len(train), len(val)) == (950, 50)
+
+
+def test_assigned_cpus_outside_ray() -> None:
+    assert lm.assigned_cpus() == (os.cpu_count() or 1)
+
+
+def test_schedule_and_report_steps() -> None:
+    assert lm.report_steps(100, 16)[-1] == 100 and len(lm.report_steps(100, 16)) == 16
+    assert lm.report_steps(5, 16) == [1, 2, 3, 4, 5]
+    assert lm.lr_at(0, 100, 1.0, 0.1) == pytest.approx(0.1)
+    assert lm.lr_at(9, 100, 1.0, 0.1) == pytest.approx(1.0)
+    assert lm.lr_at(10, 100, 1.0, 0.1) == pytest.approx(1.0)
+    assert lm.lr_at(99, 100, 1.0, 0.1) == pytest.approx(0.1, abs=1e-3)
+    assert lm.lr_at(0, 100, 1.0, 0.0) == pytest.approx(1.0)
