@@ -55,8 +55,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "bench"))
 
 import steplaw_data  # noqa: E402
+from benchmarks_md import update_section  # noqa: E402
 
-from raylaw.files import atomic_write_text  # noqa: E402
 from raylaw.law import ScalingLaw  # noqa: E402
 from raylaw.optimum import extract_optimum  # noqa: E402
 from raylaw.optuna import LawSampler  # noqa: E402
@@ -325,18 +325,6 @@ def section(res: dict[str, list[Run]], scales: list, args: argparse.Namespace, c
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, new: str) -> str:
-    """``text`` with our section (header to the next ``## `` line or EOF) replaced or appended."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, x in enumerate(lines) if x.rstrip() == SECTION), None)
-    if start is None:
-        return text.rstrip("\n") + "\n\n" + new
-    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")),
-               len(lines))
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + new + ("\n" + tail if tail else "")
-
-
 def plot(res: dict[str, list[Run]], budget: int, path: Path) -> None:
     import matplotlib
 
@@ -402,8 +390,7 @@ def main() -> None:
     if not args.no_write:
         plot(res, args.budget, args.plot)
         print(f"wrote {args.plot}")
-        old = args.output.read_text() if args.output.exists() else "# raylaw benchmarks\n"
-        atomic_write_text(args.output, replace_section(old, text))  # temp file + os.replace
+        update_section(args.output, SECTION, text)
         print(f"wrote section to {args.output}")
 
 

@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "bench"))
 
 import steplaw_data  # noqa: E402
+from benchmarks_md import update_section  # noqa: E402
 
-from raylaw.files import atomic_write_text  # noqa: E402
 from raylaw.law import Optimum, ScalingLaw  # noqa: E402
 from raylaw.optimum import extract_optimum  # noqa: E402
 from raylaw.space import SearchSpace  # noqa: E402
@@ -296,18 +296,6 @@ def section(ms: list[Method], scores: list[Score], data: Data, command: str) -> 
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, new: str) -> str:
-    """``text`` with our section (header to the next ``## `` line or EOF) replaced or appended."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, x in enumerate(lines) if x.rstrip() == SECTION), None)
-    if start is None:
-        return text.rstrip("\n") + "\n\n" + new
-    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")),
-               len(lines))
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + new + ("\n" + tail if tail else "")
-
-
 def main() -> None:
     """Score every method, print the tables and update BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -321,8 +309,7 @@ def main() -> None:
     text = section(ms, scores, data, command)
     print(text)
     if not args.no_write:
-        old = args.output.read_text() if args.output.exists() else "# raylaw benchmarks\n"
-        atomic_write_text(args.output, replace_section(old, text))
+        update_section(args.output, SECTION, text)
         print(f"wrote section to {args.output}")
 
 

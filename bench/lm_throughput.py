@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchmarks_md import update_section  # noqa: E402
 
 from raylaw.trainables import lm  # noqa: E402
 
@@ -168,23 +170,6 @@ def render(rows: list[dict], args: argparse.Namespace, device: str, peak: float)
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks(path: Path, section: str) -> None:
-    """Replace (or append) our section of ``path``, keeping the rest; atomic via os.replace."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, x in enumerate(lines) if x.rstrip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), None)
-        rest = "".join(lines[end:]) if end is not None else ""
-        new = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".BENCHMARKS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     """Measure, print the table and update BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -218,7 +203,7 @@ def main() -> None:
     section = render(rows, args, device, peak)
     print("\n" + section)
     if not args.no_write:
-        update_benchmarks(args.output, section)
+        update_section(args.output, SECTION, section)
         print(f"updated {args.output}")
 
 

@@ -3,10 +3,13 @@
 from raylaw.errors import RaylawError
 from raylaw.law import Optimum, Prediction, ScalingLaw
 from raylaw.optimum import extract_optimum, optima_by_scale
+from raylaw.optuna import LawSampler, enqueue_prediction, law_from_studies, narrowed_distributions
 from raylaw.space import Param, SearchSpace
+from raylaw.sweep import SweepConfig, SweepResult, run_sweep
 
 __all__ = [
-    "Optimum", "Param", "Prediction", "RaylawError", "ScalingLaw", "SearchSpace",
-    "extract_optimum", "optima_by_scale",
+    "LawSampler", "Optimum", "Param", "Prediction", "RaylawError", "ScalingLaw", "SearchSpace",
+    "SweepConfig", "SweepResult", "enqueue_prediction", "extract_optimum", "law_from_studies",
+    "narrowed_distributions", "optima_by_scale", "run_sweep",
 ]
 __version__ = "0.1.0"

@@ -172,12 +172,12 @@ class Term:
         self.covs = np.tile(self.prior.cov, (len(TAU_GRID), 1, 1))
         self.n_obs = 0
 
-    def predict_log(self, scale: dict[str, float],
-                    coverage: float) -> tuple[float, float, float, float]:
+    def predict_log(self, scale: dict[str, float], coverage: float,
+                    extra_sd: float = 0.0) -> tuple[float, float, float, float]:
         """(center, low, high, sd) of the log-optimum: a Gaussian mixture over tau."""
         f = self.features(scale)
         mu = self.means @ f
-        sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2)
+        sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2 + extra_sd**2)
         sd = np.maximum(sd, 1e-9)
         center = float(self.weights @ mu)
         total_sd = float(np.sqrt(self.weights @ (sd**2 + (mu - center) ** 2)))
@@ -263,8 +263,13 @@ class ScalingLaw:
         return self
 
     # prediction ---------------------------------------------------------------------------
-    def predict(self, scale: dict[str, float], coverage: float = 0.9) -> dict[str, Prediction]:
-        """Each fitted hyperparameter's predicted optimum and interval at ``scale``."""
+    def predict(self, scale: dict[str, float], coverage: float = 0.9,
+                observed: bool = False) -> dict[str, Prediction]:
+        """Each fitted hyperparameter's predicted optimum and interval at ``scale``.
+
+        With ``observed``, the interval is for the optimum a sweep will *measure* there: it adds
+        the typical uncertainty of the optima the law was fitted from (a search targets that).
+        """
         if not 0.0 < coverage < 1.0:
             raise RaylawError(f"coverage must be in (0, 1), got {coverage}")
         need = [k for k in self.scale_names if k not in scale]
@@ -277,7 +282,11 @@ class ScalingLaw:
         for name, term in self.terms.items():
             if not term.fitted:
                 continue
-            c, lo, hi, sd = term.predict_log(scale, coverage)
+            extra = 0.0
+            if observed:
+                sig = [o.sigmas[name] for o in self.optima if name in o.sigmas]
+                extra = float(np.median(sig)) if sig else 0.0
+            c, lo, hi, sd = term.predict_log(scale, coverage, extra)
             out[name] = Prediction(math.exp(c), math.exp(lo), math.exp(hi), coverage, sd)
         return out
 

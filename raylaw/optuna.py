@@ -44,7 +44,7 @@ class LawSampler(BaseSampler):
                  scale: dict[str, float], *, coverage: float = 0.9, seed: int | None = None,
                  base_sampler: BaseSampler | None = None, n_startup_trials: int = 4,
                  edge: float = 0.2, patience: int = 8) -> None:
-        self._preds = law.predict(scale, coverage) if law is not None else {}
+        self._preds = law.predict(scale, coverage, observed=True) if law is not None else {}
         if space is not None:
             self._preds = {k: v for k, v in self._preds.items() if k in space.governed}
         self._edge = edge

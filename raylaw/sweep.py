@@ -264,7 +264,7 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
         storage, space.name)])
     if evidence:
         store_tag = f"store {cfg.store}"
-        kept = [o for o in law.optima if not o.source.startswith("store ")]
+        kept = [o for o in law.optima if o.source != store_tag]  # replaced by the store's
         tagged = [Optimum(o.scale, o.values, o.sigmas, o.n_trials, o.n_excluded, o.method,
                           store_tag) for o in evidence]
         after = ScalingLaw(law.space_name, {n: _fresh_term(t) for n, t in law.terms.items()},

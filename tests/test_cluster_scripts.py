@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_util import free_ports, read_env_sh
+
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 
 pytestmark = [
@@ -88,28 +90,6 @@ class LocalCluster:
         assert r.returncode == 0, r.stderr[-3000:]
         line = next(ln for ln in r.stdout.splitlines() if ln.startswith("PROBE "))
         return json.loads(line[len("PROBE "):])
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def read_env_sh(path: Path) -> dict:
-    env = {}
-    for line in path.read_text().splitlines():
-        m = re.match(r"export (\w+)=(.*)$", line.strip())
-        if m:
-            env[m.group(1)] = m.group(2)
-    return env
 
 
 def ray_cli(*args: str, env: dict, timeout: float = 90) -> subprocess.CompletedProcess:

@@ -1,0 +1,690 @@
+"""A scale ladder on the built-in byte-level LM (CPU): law accuracy and tuning cost at the top.
+
+Run ``python bench/lm_ladder.py`` (full, sized for < 2 h on 2 cores: an estimate from trial
+timings, not yet run) or ``--quick`` (15.5 min on a loaded 2-core machine). ``--report-from DIR``
+rebuilds the report from the stores of a finished run's ``--out DIR`` without training.
+
+Protocol (every trial: ``raylaw.trainables.lm:train`` on Ray Tune, 1 CPU and ``threads=1`` per
+trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 10 N (quick)):
+
+0. Check that the optimum learning rate moves across the ladder: a coarse lr grid (batch size
+   fixed, weight decay and warmup fixed) at the smallest N, compared with the same lr column of
+   the reference grid at the largest N (step 1). Both argmins are printed and reported; when
+   they coincide the report says so (the ladder then tests little about extrapolation).
+1. Reference: an exhaustive wide grid at the target (largest) scale, lr x batch size, full
+   length, no early stopping (weight decay and warmup fixed). Its best loss L* defines the
+   target: a full-length trial with final loss <= 1.005 L*.
+2. (a) raylaw: ``run_sweep`` on each rung, smallest first; the law (steplaw prior) is refitted
+   after each rung, so each rung's sweep is narrowed by the law of the rungs before
+   (``LawSampler`` + ASHA on tokens). Reported per rung: the law's predicted lr and batch size
+   (center, 90% interval) against the optimum the sweep found (``extract_optimum``).
+3. (b) ASHA over the full space: ``LawSearch`` over an Optuna study with a ``RandomSampler``
+   over ``space.optuna_distributions()`` (the hard ranges of all four hyperparameters) and the
+   same ``ASHAScheduler`` settings ``run_sweep`` uses (grace D/9, reduction factor 3).
+4. (c) Optuna TPE over the full space without early stopping: ``LawSearch`` over a study with
+   ``TPESampler(multivariate=True, n_startup_trials=4)`` (the base sampler ``LawSampler`` uses),
+   no scheduler.
+
+Cost of a method at the target scale = tokens trained by all of its trials, summed in the order
+they finished (Optuna ``datetime_complete``; a trial's tokens are the last fidelity it reported,
+from the store) up to and including the first completed full-length trial with loss <= 1.005 L*;
+"never" if none does. For (a) the cost including the ladder adds every token of the smaller
+rungs, raw and weighted by N / N_target (the same compute as that many target-scale tokens,
+since training FLOPs per token scale ~ N). Targets at the target scale: (a) >= 3x cheaper than
+(b) and >= 5x cheaper than (c).
+
+Stores, law and Tune results go to ``--out`` (default: a temporary directory). The table is
+printed and written to the section "## LM ladder on CPU (bench/lm_ladder.py)" of BENCHMARKS.md
+(replacing that section only; temp file + os.replace), and the plot to ``bench/lm_ladder.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "bench"))
+
+import optuna  # noqa: E402
+from benchmarks_md import update_section  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from raylaw import SearchSpace  # noqa: E402
+from raylaw.files import atomic_write_text  # noqa: E402
+from raylaw.optuna import trials_frame  # noqa: E402
+from raylaw.store import open_store  # noqa: E402
+from raylaw.sweep import SweepConfig, init_ray, load_law, loopback_ray_env, run_sweep  # noqa: E402
+
+SECTION = "## LM ladder on CPU (bench/lm_ladder.py)"
+TOL = 0.005  # within 0.5% of the reference best
+TRAINABLE = "raylaw.trainables.lm:train"
+
+
+@dataclass
+class Plan:
+    """Sizes of one benchmark configuration."""
+
+    name: str
+    ladder: list[float]  # N of each rung, smallest first; the last is the target scale
+    tokens_per_param: float = 20.0
+    rung_samples: int = 10  # raylaw trials per smaller rung
+    target_samples: int = 12  # raylaw trials at the target scale
+    asha_samples: int = 24  # (b)
+    tpe_samples: int = 16  # (c)
+    grid_lr: list[float] = field(default_factory=list)  # reference grid, also the lr check
+    grid_bs: list[int] = field(default_factory=list)
+    check_bs: int = 16  # batch size of the lr-moves check (must be in grid_bs)
+    fixed: dict[str, float] = field(default_factory=lambda: {"weight_decay": 0.03,
+                                                             "warmup": 0.05})
+    eval_every: int = 16
+    eval_tokens: int = 2**15
+
+
+def _geom(lo: float, hi: float, n: int) -> list[float]:
+    return [float(f"{lo * (hi / lo) ** (i / (n - 1)):.3g}") for i in range(n)]
+
+
+FULL = Plan("full", ladder=[2.5e4, 5e4, 1e5, 2e5], rung_samples=10, target_samples=12,
+            asha_samples=24, tpe_samples=12, grid_lr=_geom(1.5e-3, 4.8e-2, 6),
+            grid_bs=[4, 8, 16], check_bs=8)  # the quick run's best trials had bs 5-10
+SMOKE = Plan("smoke", ladder=[3e3, 1.25e4], tokens_per_param=4, rung_samples=3,
+             target_samples=3, asha_samples=4, tpe_samples=3, grid_lr=[3e-3, 1e-2],
+             grid_bs=[8], check_bs=8, eval_every=4, eval_tokens=2**12)
+QUICK = Plan("quick", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=10.0,
+             rung_samples=8, target_samples=10, asha_samples=16, tpe_samples=10,
+             grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[8, 24], check_bs=8)
+
+
+# ------------------------------------------------------------------------------ Tune plumbing
+def constants(plan: Plan) -> dict[str, Any]:
+    return {"threads": 1, "eval_every": plan.eval_every, "eval_tokens": plan.eval_tokens}
+
+
+def scale_of(plan: Plan, n: float) -> dict[str, float]:
+    return {"N": float(n), "D": float(plan.tokens_per_param * n)}
+
+
+def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
+               distributions: dict, extra: dict[str, Any], samples: int, asha: bool,
+               results: Path) -> None:
+    """Run ``samples`` trials of the built-in LM on Tune, suggested by ``study``'s sampler
+    through raylaw's ``LawSearch`` (every trial recorded in the study)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from raylaw.search import LawSearch
+
+    budget = scale[space.budget]
+    resources = {"cpu": 1.0, "gpu": 0.0}
+    search = LawSearch(study, distributions, space.metric, space.mode,
+                       constants={"scale": scale, **extra}, fidelity=space.fidelity,
+                       budget=budget, resources=resources)
+    scheduler = None
+    if asha:  # the settings run_sweep uses (SweepConfig defaults)
+        cfg = SweepConfig(space=space, scale=scale, law_path="")
+        scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
+                                  grace_period=budget * cfg.grace_fraction,
+                                  reduction_factor=cfg.reduction_factor)
+    from raylaw.sweep import load_trainable
+
+    tuner = tune.Tuner(
+        tune.with_resources(load_trainable(TRAINABLE), resources),
+        tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,
+                                    scheduler=scheduler, num_samples=samples,
+                                    max_concurrent_trials=2),
+        run_config=tune.RunConfig(name="".join(c if c.isalnum() else "_"
+                                               for c in study.study_name),
+                                  storage_path=str(results), verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    tuner.fit()
+
+
+def grid_study(storage: Any, name: str, space: SearchSpace, scale: dict[str, float],
+               plan: Plan, lrs: list[float], bss: list[int], results: Path) -> optuna.Study:
+    """Every (lr, batch size) of the grid, full length, no early stopping."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    full = space.optuna_distributions()
+    dists = {"lr": full["lr"], "batch_size": full["batch_size"]}
+    for bs in bss:
+        for lr in lrs:
+            study.enqueue_trial({"lr": lr, "batch_size": bs})
+    tune_study(study, space, scale, dists, {**constants(plan), **plan.fixed},
+               len(lrs) * len(bss), asha=False, results=results)
+    return study
+
+
+# -------------------------------------------------------------------------------- accounting
+@dataclass
+class Curve:
+    """A method's trials at one scale in completion order."""
+
+    tokens: list[float]  # tokens trained by each trial
+    values: list[float | None]  # final loss of completed full-length trials, else None
+    params: list[dict]
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.tokens))
+
+    def cost_to(self, target: float) -> tuple[float | None, int | None]:
+        """Cumulative tokens (and 1-based trial count) up to the first full trial <= target."""
+        acc = 0.0
+        for i, (t, v) in enumerate(zip(self.tokens, self.values)):
+            acc += t
+            if v is not None and v <= target:
+                return acc, i + 1
+        return None, None
+
+    def best(self) -> float | None:
+        done = [v for v in self.values if v is not None]
+        return min(done) if done else None
+
+
+def curve(study: optuna.Study) -> Curve:
+    """Tokens per trial from the store (``trials_frame``: fidelity, else last step)."""
+    df = trials_frame(study)
+    when = {t.number: t.datetime_complete for t in study.get_trials(deepcopy=False)}
+    if df.empty:
+        return Curve([], [], [])
+    df["done_at"] = df["number"].map(when)
+    df = df.sort_values(["done_at", "number"])
+    tokens = df["fidelity"].fillna(df["step"]).fillna(0).astype(float).tolist()
+    values = [float(v) if s == "completed" and v is not None and math.isfinite(v) else None
+              for v, s in zip(df["value"], df["status"])]
+    keys = [k for k in ("lr", "batch_size", "weight_decay", "warmup") if k in df.columns]
+    params = df[keys].to_dict("records")
+    return Curve(tokens, values, params)
+
+
+def grid_argmin(study: optuna.Study, bs: int | None = None) -> tuple[float, int, float]:
+    """(lr, batch size, loss) of the best completed trial (optionally at one batch size)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if bs is None or t.params["batch_size"] == bs]
+    best = min(done, key=lambda t: t.value)
+    return best.params["lr"], best.params["batch_size"], best.value
+
+
+def lr_column(study: optuna.Study, bs: int) -> dict[float, float | None]:
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.params.get("batch_size") == bs:
+            ok = t.state == TrialState.COMPLETE
+            out[t.params["lr"]] = t.value if ok else None
+    return dict(sorted(out.items()))
+
+
+# -------------------------------------------------------------------------------------- main
+def run(plan: Plan, out: Path, seed: int) -> dict[str, Any]:
+    space = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml")
+    results = out / "results"
+    law_path = out / "lm.law.json"
+    ref_storage = open_store(f"sqlite:///{out / 'reference.db'}")
+    base_storage = open_store(f"sqlite:///{out / 'baselines.db'}")
+    small, target = scale_of(plan, plan.ladder[0]), scale_of(plan, plan.ladder[-1])
+    res: dict[str, Any] = {"plan": plan, "wall": {}}
+    init_ray(None)
+
+    def phase(name: str, t0: float) -> None:
+        res["wall"][name] = time.time() - t0
+        atomic_write_text(out / "wall.json", json.dumps(res["wall"]))
+        print(f"[{name}] {res['wall'][name] / 60:.1f} min", flush=True)
+
+    # 0 + 1: lr check at the smallest N; reference grid at the target scale
+    t0 = time.time()
+    check = grid_study(ref_storage, "check", space, small, plan, plan.grid_lr, [plan.check_bs],
+                       results)
+    col_small = lr_column(check, plan.check_bs)
+    print(f"lr check at N={small['N']:g}: " + ", ".join(
+        f"{lr:g}:{'-' if v is None else f'{v:.4f}'}" for lr, v in col_small.items()), flush=True)
+    phase("lr check (smallest N)", t0)
+    t0 = time.time()
+    ref = grid_study(ref_storage, "reference", space, target, plan, plan.grid_lr, plan.grid_bs,
+                     results)
+    phase("reference grid (target N)", t0)
+    col_big = lr_column(ref, plan.check_bs)
+    lr_small = grid_argmin(check)[0]
+    lr_big = grid_argmin(ref, plan.check_bs)[0]
+    ref_lr, ref_bs, ref_best = grid_argmin(ref)
+    res.update(col_small=col_small, col_big=col_big, lr_small=lr_small, lr_big=lr_big,
+               ref=(ref_lr, ref_bs, ref_best), ref_curve=curve(ref), check_curve=curve(check))
+    print(f"lr argmin at bs={plan.check_bs}: N={small['N']:g} -> {lr_small:g}, "
+          f"N={target['N']:g} -> {lr_big:g} ({'moved' if lr_small != lr_big else 'DID NOT MOVE'})"
+          f"; reference best {ref_best:.4f} at lr={ref_lr:g}, bs={ref_bs}", flush=True)
+    if ref_lr in (min(plan.grid_lr), max(plan.grid_lr)):
+        print("warning: the reference optimum sits on the lr grid's edge", flush=True)
+
+    # (a) raylaw ladder
+    t0 = time.time()
+    rungs = []
+    for i, n in enumerate(plan.ladder):
+        scale = scale_of(plan, n)
+        last = i == len(plan.ladder) - 1
+        before = load_law(law_path, space, prior="steplaw").predict(scale)
+        cfg = SweepConfig(space=space, scale=scale, law_path=str(law_path),
+                          store=f"sqlite:///{out / 'raylaw.db'}",
+                          samples=plan.target_samples if last else plan.rung_samples,
+                          prior="steplaw", constants=constants(plan), seed=seed,
+                          cpus_per_trial=1.0, max_concurrent=2, results_dir=str(results),
+                          verbose=0)
+        t1 = time.time()
+        r = run_sweep(cfg)
+        study = optuna.load_study(study_name=r.study_name, storage=open_store(cfg.store))
+        rungs.append({"scale": scale, "pred": r.prediction or before, "result": r,
+                      "curve": curve(study), "wall": time.time() - t1})
+        found = r.optimum.values if r.optimum else {}
+        print(f"rung N={n:g}: predicted lr {before['lr'].center:.3g} "
+              f"[{before['lr'].low:.3g}, {before['lr'].high:.3g}], found "
+              f"{found.get('lr', float('nan')):.3g}; bs predicted "
+              f"{before['batch_size'].center:.3g}, found "
+              f"{found.get('batch_size', float('nan')):.3g}"
+              f"; best {r.best_value}; tokens {r.tokens_trained:.3g}; {r.counts}", flush=True)
+    res["rungs"] = rungs
+    phase("(a) raylaw ladder", t0)
+
+    # (b) ASHA over the full space (random sampler), (c) TPE over the full space, no ES
+    full = space.optuna_distributions()
+    t0 = time.time()
+    s_b = optuna.create_study(study_name="asha-full", storage=base_storage, direction="minimize",
+                              sampler=optuna.samplers.RandomSampler(seed=seed))
+    tune_study(s_b, space, target, full, constants(plan), plan.asha_samples, asha=True,
+               results=results)
+    res["b"] = curve(s_b)
+    phase("(b) ASHA, full space", t0)
+    t0 = time.time()
+    s_c = optuna.create_study(study_name="tpe-full", storage=base_storage, direction="minimize",
+                              sampler=optuna.samplers.TPESampler(
+                                  seed=seed, multivariate=True, n_startup_trials=4))
+    tune_study(s_c, space, target, full, constants(plan), plan.tpe_samples, asha=False,
+               results=results)
+    res["c"] = curve(s_c)
+    phase("(c) TPE, full space, no early stopping", t0)
+    return res
+
+
+def load_run(plan: Plan, out: Path) -> dict[str, Any]:
+    """The results of a finished run, rebuilt from the stores and law history in ``out``.
+
+    Nothing is trained: rung optima are re-extracted from the store the way ``run_sweep`` does
+    (``extract_optimum`` of ``trials_frame``), and each rung's prediction comes from the law
+    version written after the rung before (the steplaw prior alone for the first rung).
+    """
+    from types import SimpleNamespace
+
+    from raylaw.history import versions
+    from raylaw.law import ScalingLaw
+    from raylaw.optimum import extract_optimum
+    from raylaw.store import sweep_studies
+
+    space = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml")
+    ref_storage = open_store(f"sqlite:///{out / 'reference.db'}")
+    base_storage = open_store(f"sqlite:///{out / 'baselines.db'}")
+    store = open_store(f"sqlite:///{out / 'raylaw.db'}")
+    check = optuna.load_study(study_name="check", storage=ref_storage)
+    ref = optuna.load_study(study_name="reference", storage=ref_storage)
+    res: dict[str, Any] = {"plan": plan}
+    res.update(col_small=lr_column(check, plan.check_bs), col_big=lr_column(ref, plan.check_bs),
+               lr_small=grid_argmin(check)[0], lr_big=grid_argmin(ref, plan.check_bs)[0],
+               ref=grid_argmin(ref), ref_curve=curve(ref), check_curve=curve(check))
+    laws = [ScalingLaw.for_space(space, prior="steplaw")] + [
+        ScalingLaw.load(v) for v in versions(out / "lm.law.json")]
+    rungs = []
+    for i, summary in enumerate(sweep_studies(store, space.name)):
+        study = optuna.load_study(study_name=summary.study_name, storage=store)
+        scale = {k: float(v) for k, v in study.user_attrs["scale"].items()}
+        df = trials_frame(study)
+        done = df[df["status"] == "completed"]
+        optimum = extract_optimum(df.rename(columns={"value": space.metric}), space, scale,
+                                  source=f"sweep {study.study_name}") if len(done) else None
+        r = SimpleNamespace(
+            study_name=study.study_name, optimum=optimum,
+            counts=df["status"].value_counts().to_dict(),
+            tokens_trained=float(df["fidelity"].fillna(df["step"]).fillna(0).sum()),
+            best_value=float(done["value"].min()) if len(done) else None)
+        rungs.append({"scale": scale, "pred": laws[i].predict(scale), "result": r,
+                      "curve": curve(study)})
+    res["rungs"] = rungs
+    res["b"] = curve(optuna.load_study(study_name="asha-full", storage=base_storage))
+    res["c"] = curve(optuna.load_study(study_name="tpe-full", storage=base_storage))
+    wall_file = out / "wall.json"
+    if wall_file.exists():
+        res["wall"] = json.loads(wall_file.read_text())
+    else:  # a run from before wall.json: first trial start to last trial end of each phase
+        def span(*studies: optuna.Study) -> float:
+            ts = [t for st in studies for t in st.get_trials(deepcopy=False)
+                  if t.datetime_start and t.datetime_complete]
+            return (max(t.datetime_complete for t in ts)
+                    - min(t.datetime_start for t in ts)).total_seconds() if ts else 0.0
+
+        ladder = [optuna.load_study(study_name=x.study_name, storage=store)
+                  for x in sweep_studies(store, space.name)]
+        res["wall"] = {
+            "lr check (smallest N, trials only)": span(check),
+            "reference grid (target N, trials only)": span(ref),
+            "(a) raylaw ladder (trials only)": span(*ladder),
+            "(b) ASHA, full space (trials only)": span(
+                optuna.load_study(study_name="asha-full", storage=base_storage)),
+            "(c) TPE, full space (trials only)": span(
+                optuna.load_study(study_name="tpe-full", storage=base_storage))}
+    return res
+
+
+# ------------------------------------------------------------------------------------ report
+def _tok(x: float | None) -> str:
+    return "never" if x is None else f"{x / 1e6:.2f}M"
+
+
+def summarize(res: dict[str, Any]) -> dict[str, Any]:
+    plan: Plan = res["plan"]
+    ref_best = res["ref"][2]
+    target = ref_best * (1 + TOL)
+    n_t = plan.ladder[-1]
+    rungs = res["rungs"]
+    a = rungs[-1]["curve"]
+    ladder_raw = sum(r["curve"].total for r in rungs[:-1])
+    ladder_w = sum(r["curve"].total * r["scale"]["N"] / n_t for r in rungs[:-1])
+    rows = {}
+    for key, label, c, extra_raw, extra_w in (
+            ("a", "(a) raylaw: law-narrowed LawSampler + ASHA", a, ladder_raw, ladder_w),
+            ("b", "(b) ASHA, random sampler, full space", res["b"], 0.0, 0.0),
+            ("c", "(c) TPE, full space, no early stopping", res["c"], 0.0, 0.0),
+            ("ref", "reference grid (exhaustive)", res["ref_curve"], 0.0, 0.0)):
+        cost, k = c.cost_to(target)
+        rows[key] = {"label": label, "cost": cost, "k": k, "n": len(c.tokens),
+                     "total": c.total, "best": c.best(), "curve": c,
+                     "incl_raw": None if cost is None else cost + extra_raw,
+                     "incl_w": None if cost is None else cost + extra_w,
+                     "extra_raw": extra_raw, "extra_w": extra_w}
+    return {"target": target, "rows": rows, "ladder_raw": ladder_raw, "ladder_w": ladder_w}
+
+
+def ratio_text(rows: dict, num: str, den: str, field_: str = "cost") -> tuple[str, float | None]:
+    """'x.xx x' for num/den; a lower bound (total spent / den) when num never got there."""
+    d, n = rows[den][field_], rows[num][field_]
+    if d is None:
+        return "n/a ((a) never reached the target)", None
+    if n is None:
+        lb = rows[num]["total"] / d
+        return f">= {lb:.2f}x (({num}) never reached it: its whole budget)", lb
+    return f"{n / d:.2f}x", n / d
+
+
+def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
+            load: tuple[float, float] | None, note: str = "") -> str:
+    plan: Plan = res["plan"]
+    rows = s["rows"]
+    n_t = plan.ladder[-1]
+    ref_lr, ref_bs, ref_best = res["ref"]
+    fixed = ", ".join(f"{k}={v:g}" for k, v in plan.fixed.items())
+    L = [SECTION, "",
+         f"Command: `{command}`  ",
+         *([note] if note else []),
+         f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}  ",
+         f"Configuration: **{plan.name}**; runtime {wall / 60:.0f} min wall on 2 cores ("
+         + ("load average not recorded" if load is None else
+            f"load average {load[0]:.1f} at start, {load[1]:.1f} at end")
+         + ": shared machine, so wall times are noisy; costs are in tokens, which load does "
+         "not change)  ",
+         f"Ladder: N = {', '.join(f'{n:g}' for n in plan.ladder)} non-embedding parameters "
+         f"(shapes {', '.join('x'.join(map(str, _shape(n)[:2])) for n in plan.ladder)} "
+         f"layers x width), D = {plan.tokens_per_param:g} N tokens; target scale N = {n_t:g}, "
+         f"D = {plan.tokens_per_param * n_t:.3g}.  ",
+         f"Trials: 1 CPU and `threads=1` each, 2 at a time; `eval_every={plan.eval_every}`, "
+         f"`eval_tokens={plan.eval_tokens}`; samples: raylaw {plan.rung_samples} per smaller "
+         f"rung and {plan.target_samples} at the target, (b) {plan.asha_samples}, "
+         f"(c) {plan.tpe_samples}.  ",
+         f"Reference (exhaustive) grid at the target: lr {plan.grid_lr} x batch size "
+         f"{plan.grid_bs} sequences, full length, {fixed}; best loss L* = {ref_best:.4f} nats/byte "
+         f"at lr={ref_lr:g}, bs={ref_bs}; target loss 1.005 L* = {s['target']:.4f}.",
+         "",
+         "Protocol: see the docstring of `bench/lm_ladder.py`. Cost = tokens trained by all "
+         "trials of a method at the target scale, summed in completion order, up to the first "
+         "completed full-length trial with loss <= 1.005 L*. (a) is `run_sweep` on each rung "
+         "(law refitted after each, steplaw prior); (b) is `LawSearch` over a `RandomSampler` "
+         "study on the full hard ranges of all four hyperparameters with run_sweep's ASHA "
+         "settings; (c) is `LawSearch` over `TPESampler(multivariate=True, n_startup_trials=4)` "
+         "on the same ranges, no scheduler. The grid fixes weight decay and warmup; the methods "
+         "search them.",
+         ""]
+    # lr check
+    moved = res["lr_small"] != res["lr_big"]
+    L += ["### Does the optimum lr move across the ladder?", "",
+          f"Loss at batch size {plan.check_bs}, {fixed}, full length:", "",
+          "| lr | " + " | ".join(f"{lr:g}" for lr in plan.grid_lr) + " | argmin |",
+          "|---|" + "---:|" * (len(plan.grid_lr) + 1)]
+    for n, col, am in ((plan.ladder[0], res["col_small"], res["lr_small"]),
+                       (n_t, res["col_big"], res["lr_big"])):
+        L.append(f"| N={n:g} | " + " | ".join(
+            "div." if col.get(lr) is None else f"{col[lr]:.4f}" for lr in plan.grid_lr)
+            + f" | {am:g} |")
+    L += ["", f"The argmin {'moves' if moved else 'does NOT move'}: "
+          f"{res['lr_small']:g} at N={plan.ladder[0]:g} -> {res['lr_big']:g} at N={n_t:g} "
+          f"({math.log(res['lr_big'] / res['lr_small']):+.2f} in log lr; grid step "
+          f"{math.log(plan.grid_lr[1] / plan.grid_lr[0]):.2f})."
+          + (" The reference grid's best lr sits on the grid's edge."
+             if ref_lr in (min(plan.grid_lr), max(plan.grid_lr)) else ""), ""]
+    # per-rung prediction error
+    L += ["### Law prediction at each new scale", "",
+          "Predicted = the law fitted on the rungs before (rung 1: the steplaw prior alone, "
+          "transfer sd 1); found = `extract_optimum` of that rung's raylaw sweep. Log error = "
+          "ln(found / predicted).", "",
+          "| N | D | pred. lr [90% interval] | found lr | log err | inside | pred. bs "
+          "[90% interval] | found bs | log err | inside | trials (done/stopped/other) | "
+          "tokens | best loss |",
+          "|---:|---:|---|---:|---:|:-:|---|---:|---:|:-:|---|---:|---:|"]
+    for rung in res["rungs"]:
+        r, p = rung["result"], rung["pred"]
+        found = r.optimum.values if r.optimum else {}
+        cells = []
+        for hp in ("lr", "batch_size"):
+            pr, f = p.get(hp), found.get(hp)
+            if pr is None or f is None:
+                cells += ["-", "-" if f is None else f"{f:.3g}", "-", "-"]
+                continue
+            cells += [f"{pr.center:.3g} [{pr.low:.3g}, {pr.high:.3g}]", f"{f:.3g}",
+                      f"{math.log(f / pr.center):+.2f}",
+                      "yes" if pr.low <= f <= pr.high else "NO"]
+        c = r.counts
+        other = sum(v for k, v in c.items() if k not in ("completed", "stopped"))
+        L.append(f"| {rung['scale']['N']:g} | {rung['scale']['D']:.3g} | " + " | ".join(cells)
+                 + f" | {c.get('completed', 0)}/{c.get('stopped', 0)}/{other} | "
+                 f"{_tok(r.tokens_trained)} | "
+                 f"{'-' if r.best_value is None else f'{r.best_value:.4f}'} |")
+    tp = res["rungs"][-1]["pred"].get("lr")
+    if tp is not None:
+        L += ["", f"At the target the law predicted lr {tp.center:.3g} [{tp.low:.3g}, "
+              f"{tp.high:.3g}]; the reference grid's best lr is {ref_lr:g} (log error "
+              f"{math.log(ref_lr / tp.center):+.2f}, "
+              f"{'inside' if tp.low <= ref_lr <= tp.high else 'outside'} the interval)."]
+    L.append("")
+    # costs
+    L += ["### Tokens to within 0.5% of the exhaustive grid's best, at the target scale", "",
+          "| method | trials | tokens to target (trials) | incl. ladder, raw | incl. ladder, "
+          "N-weighted | all tokens spent | best full-length loss |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    for key in ("a", "b", "c", "ref"):
+        row = rows[key]
+        k = "" if row["k"] is None else f" ({row['k']})"
+        best = "-" if row["best"] is None else f"{row['best']:.4f}"
+        L.append(f"| {row['label']} | {row['n']} | {_tok(row['cost'])}{k} | "
+                 f"{_tok(row['incl_raw'])} | {_tok(row['incl_w'])} | {_tok(row['total'])} "
+                 f"| {best} |")
+    L += ["", "The reference grid's 'tokens to target' depends only on the order its points "
+          "were enumerated (batch size, then lr ascending); it is listed for scale, not as a "
+          "method. Its 'all tokens spent' is the cost of the exhaustive sweep.",
+          "", f"The ladder below the target cost (a) {_tok(s['ladder_raw'])} tokens "
+          f"({_tok(s['ladder_w'])} target-scale-token equivalents, weighting each rung's tokens "
+          "by N / N_target); (b) and (c) have no ladder, so their 'incl. ladder' columns equal "
+          "the target-scale cost.", "", "Targets (at the target scale):", ""]
+    for num, goal in (("b", 3.0), ("c", 5.0)):
+        txt, val = ratio_text(rows, num, "a")
+        txt_raw, val_raw = ratio_text(rows, num, "a", "incl_raw")
+        txt_w, val_w = ratio_text(rows, num, "a", "incl_w")
+        met = val is not None and val >= goal
+        verdict = "**met**" if met else ("**NOT met**" if val is not None else "**not shown**")
+        lower = rows[num]["cost"] is None and val is not None and not met
+        if lower:
+            verdict = "**undetermined** (lower bound only)"
+        L.append(f"- ({num}) / (a) >= {goal:g}x: {txt} -> {verdict}; including the ladder: "
+                 f"{txt_raw} raw, {txt_w} N-weighted.")
+    L += ["", "![Best full-length loss against cumulative tokens at the target scale]"
+          "(bench/lm_ladder.png)", ""]
+    walls = "; ".join(f"{k} {v / 60:.1f} min" for k, v in res["wall"].items())
+    L += [f"Wall time by phase: {walls}.", ""]
+    return "\n".join(L)
+
+
+def _shape(n: float) -> tuple[int, int, int]:
+    from raylaw.trainables.lm import shape_for
+
+    return shape_for(n)
+
+
+def plot(res: dict[str, Any], s: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plan: Plan = res["plan"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    for key, color in (("a", "C0"), ("b", "C1"), ("c", "C2"), ("ref", "C7")):
+        row = s["rows"][key]
+        c: Curve = row["curve"]
+        xs, ys, acc, best = [], [], 0.0, math.inf
+        for t, v in zip(c.tokens, c.values):
+            acc += t
+            if v is not None and v < best:
+                best = v
+            if math.isfinite(best):
+                xs.append(acc)
+                ys.append(best)
+        if not xs:
+            continue
+        ax.step(xs, ys, where="post", color=color, label=row["label"], marker=".", ms=4)
+        if key == "a" and s["ladder_raw"]:
+            ax.step([x + s["ladder_w"] for x in xs], ys, where="post", color=color,
+                    linestyle="--", alpha=0.6, label="(a) incl. ladder, N-weighted")
+    ax.axhline(s["target"], color="k", linestyle=":", linewidth=1, label="1.005 x grid best")
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative tokens trained at the target scale (completion order)")
+    ax.set_ylabel("best full-length validation loss (nats/byte)")
+    bests = [r["best"] for r in s["rows"].values() if r["best"] is not None]
+    lo = min(bests + [s["target"]])
+    ax.set_ylim(lo * 0.995, min(max(bests + [s["target"]]) * 1.02, lo * 1.4))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"N={plan.ladder[-1]:g}, D={plan.tokens_per_param * plan.ladder[-1]:.3g} "
+                 f"({plan.name})", fontsize=10)
+    # right: predicted vs found lr per rung, reference grid columns
+    ns = [r["scale"]["N"] for r in res["rungs"]]
+    for i, r in enumerate(res["rungs"]):
+        p = r["pred"].get("lr")
+        if p is not None:
+            bx.errorbar([ns[i]], [p.center], yerr=[[p.center - p.low], [p.high - p.center]],
+                        color="C0", marker="o", capsize=3, label="law prediction (90%)"
+                        if i == 0 else None)
+        f = r["result"].optimum.values.get("lr") if r["result"].optimum else None
+        if f is not None:
+            bx.plot([ns[i] * 1.06], [f], "C3x", label="raylaw sweep optimum" if i == 0 else None)
+    bx.plot([plan.ladder[0], plan.ladder[-1]], [res["lr_small"], res["lr_big"]], "ks",
+            mfc="none", label=f"grid argmin (bs={plan.check_bs})")
+    bx.set_xscale("log")
+    bx.set_yscale("log")
+    bx.set_xlabel("N (non-embedding parameters)")
+    bx.set_ylabel("learning rate")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="reduced configuration (~15-30 min)")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # plumbing test
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for stores, law and Tune results (default: temporary)")
+    parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "lm_ladder.png")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--report-from", type=Path, default=None, metavar="DIR",
+                        help="train nothing: rebuild the report from the --out DIR of a "
+                        "finished run (same --quick flag as that run)")
+    args = parser.parse_args()
+    plan = dataclasses.replace(SMOKE if args.smoke else QUICK if args.quick else FULL)
+    if args.report_from is not None:
+        return report_from(args, plan)
+    out = Path(args.out or tempfile.mkdtemp(prefix="raylaw-lm-ladder-")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.glob("*.db")):
+        parser.error(f"--out {out}: already holds stores; use an empty directory")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # as run_sweep does: the store's own checkpoints are small, Tune's sync warning is noise
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    loopback_ray_env(None)
+    load0 = os.getloadavg()[0]
+    print(f"lm ladder ({plan.name}): ladder {plan.ladder}, D = {plan.tokens_per_param:g} N; "
+          f"stores in {out}", flush=True)
+    t0 = time.time()
+    try:
+        res = run(plan, out, args.seed)
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    wall = time.time() - t0
+    command = " ".join(["python bench/lm_ladder.py", *sys.argv[1:]])
+    load = (load0, os.getloadavg()[0])
+    atomic_write_text(out / "run.json", json.dumps({"command": command, "wall": wall,
+                                                    "load": load, "plan": plan.name}))
+    write_report(args, res, command, wall, load)
+    print(f"wall time {wall / 60:.1f} min; stores in {out}")
+
+
+def report_from(args: argparse.Namespace, plan: Plan) -> None:
+    out = args.report_from.resolve()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    res = load_run(plan, out)
+    meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    if meta.get("plan", plan.name) != plan.name:
+        raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
+    command = meta.get("command") or (f"python bench/lm_ladder.py{' --quick' * args.quick} "
+                                      f"--out {out}")
+    wall = meta.get("wall") or sum(res["wall"].values())
+    note = f"Report rebuilt from that run's stores with `--report-from {out}` (no training).  "
+    write_report(args, res, command, wall, meta.get("load"), note)
+
+
+def write_report(args: argparse.Namespace, res: dict[str, Any], command: str, wall: float,
+                 load: tuple[float, float] | None, note: str = "") -> None:
+    s = summarize(res)
+    text = section(res, s, command, wall, load, note)
+    print("\n" + text)
+    if not args.no_write:
+        plot(res, s, args.plot)
+        print(f"wrote {args.plot}")
+        update_section(args.output, SECTION, text)
+        print(f"wrote section to {args.output}")
+
+
+if __name__ == "__main__":
+    main()
