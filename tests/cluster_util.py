@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -27,3 +29,31 @@ def read_env_sh(path: Path) -> dict:
         if m:
             env[m.group(1)] = m.group(2)
     return env
+
+
+CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+
+
+@dataclass
+class ScriptCluster:
+    """A local cluster run by cluster/start_local.sh and stop_local.sh in its own dir."""
+
+    dir: Path
+    gcs_port: int
+    dashboard_port: int
+    env: dict  # for the scripts
+
+    def script(self, name: str, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+        r = subprocess.run([str(CLUSTER / name), *args], env=self.env, capture_output=True,
+                           text=True, timeout=timeout)
+        assert r.returncode == 0, f"{name} {args}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
+        return r
+
+    def pids(self, node: str) -> list[int]:
+        """Pids of one node's processes, found the way stop_local.sh finds them."""
+        r = subprocess.run(
+            ["bash", "-c", '. "$1/_common.sh" && rl_node_pids "$2"', "_",
+             str(CLUSTER), str(self.dir / node)],
+            env=self.env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return [int(p) for p in r.stdout.split()]

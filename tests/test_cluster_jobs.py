@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_util import free_ports, read_env_sh
+from tests.cluster_util import ScriptCluster, free_ports, read_env_sh
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -60,32 +60,13 @@ RUNTIME_ENV = {"excludes": [".git", ".venv", "venv", "*.db", "*.db-journal", "re
 
 
 @dataclass
-class Cluster:
-    dir: Path
-    gcs_port: int
-    dashboard_port: int
-    env: dict  # for the scripts
+class Cluster(ScriptCluster):
     client_env: dict = field(default_factory=dict)  # + the env.sh the scripts write
     jobs: dict = field(default_factory=dict)  # submission id -> store URL, for teardown
 
     @property
     def job_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def script(self, name: str, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-        r = subprocess.run([str(CLUSTER / name), *args], env=self.env, capture_output=True,
-                           text=True, timeout=timeout)
-        assert r.returncode == 0, f"{name} {args}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
-        return r
-
-    def pids(self, node: str) -> list[int]:
-        """Pids of one node's processes, found the way stop_local.sh finds them."""
-        r = subprocess.run(
-            ["bash", "-c", '. "$1/_common.sh" && rl_node_pids "$2"', "_",
-             str(CLUSTER), str(self.dir / node)],
-            env=self.env, capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        return [int(p) for p in r.stdout.split()]
 
     def submit(self, *sweep_args: str) -> str:
         """``ray job submit --no-wait`` of a sweep with the repo as working dir; its id."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_util import free_ports, read_env_sh
+from tests.cluster_util import ScriptCluster, free_ports, read_env_sh
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 
@@ -60,28 +60,9 @@ print("PROBE " + json.dumps(out))
 
 
 @dataclass
-class LocalCluster:
-    dir: Path
-    gcs_port: int
-    dashboard_port: int
+class LocalCluster(ScriptCluster):
     client_port: int
-    env: dict  # for the scripts
     client_env: dict  # for GCS clients: the scripts' env.sh applied
-
-    def script(self, name: str, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-        r = subprocess.run([str(CLUSTER / name), *args], env=self.env, capture_output=True,
-                           text=True, timeout=timeout)
-        assert r.returncode == 0, f"{name} {args}: rc={r.returncode}\n{r.stdout}\n{r.stderr}"
-        return r
-
-    def pids(self, node: str) -> list[int]:
-        """Pids of one node's processes, found the way stop_local.sh finds them."""
-        r = subprocess.run(
-            ["bash", "-c", '. "$1/_common.sh" && rl_node_pids "$2"', "_",
-             str(CLUSTER), str(self.dir / node)],
-            env=self.env, capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        return [int(p) for p in r.stdout.split()]
 
     def probe(self, gpu_task: bool = False) -> dict:
         env = dict(self.client_env, PROBE_GPU_TASK="1" if gpu_task else "")
@@ -108,7 +89,7 @@ def cluster():
                RAYLAW_WORKER_GPUS="2", RAYLAW_HEAD_CPUS="2", RAYLAW_WORKER_CPUS="2",
                RAYLAW_OBJECT_STORE_MB="128", RAYLAW_PYTHON=sys.executable,
                RAYLAW_START_TIMEOUT="90", RAYLAW_STOP_GRACE="10")
-    c = LocalCluster(base, gcs, dash, client, env, {})
+    c = LocalCluster(base, gcs, dash, env, client_port=client, client_env={})
     try:
         out = c.script("start_local.sh").stdout
         assert f"http://127.0.0.1:{dash}" in out  # the script prints the job address
