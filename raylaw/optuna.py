@@ -43,7 +43,7 @@ class LawSampler(BaseSampler):
     def __init__(self, law: ScalingLaw | None, space: SearchSpace | None,
                  scale: dict[str, float], *, coverage: float = 0.9, seed: int | None = None,
                  base_sampler: BaseSampler | None = None, n_startup_trials: int = 4,
-                 edge: float = 0.2, patience: int = 8) -> None:
+                 edge: float = 0.2, patience: int = 12) -> None:
         self._preds = law.predict(scale, coverage, observed=True) if law is not None else {}
         if space is not None:
             self._preds = {k: v for k, v in self._preds.items() if k in space.governed}
