@@ -19,6 +19,7 @@ from raylaw.errors import RaylawError
 from raylaw.law import ScalingLaw
 from raylaw.optimum import optima_by_scale
 from raylaw.space import SearchSpace
+from raylaw.store import DEFAULT_STORE
 
 
 def parse_scale(items: list[str] | None, flag: str = "--scale") -> dict[str, float]:
@@ -249,7 +250,7 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search-space YAML file")
     p.add_argument("--law", help="law JSON file, read and refitted (default: SPACE_NAME.law.json)")
     p.add_argument("--samples", type=int, default=16, help="trials per sweep (default 16)")
-    p.add_argument("--store", default="sqlite:///raylaw.db",
+    p.add_argument("--store", default=DEFAULT_STORE,
                    help="SQLAlchemy URL or SQLite path of the trial store")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an "
                    "embedded local Ray)")

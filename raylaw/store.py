@@ -13,7 +13,6 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage
-from optuna.trial import TrialState
 
 from raylaw.errors import RaylawError
 from raylaw.optuna import SCALE_ATTR, SPACE_ATTR
@@ -91,13 +90,3 @@ def create_sweep(storage: RDBStorage, space: Any, scale: dict[str, float], mode:
     study.set_user_attr(STATE_ATTR, "running")
     study.set_user_attr("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     return study, False
-
-
-def finished_counts(study: optuna.Study) -> dict[str, int]:
-    """How many trials of a study ended in each state."""
-    out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-            status = t.user_attrs.get("raylaw_status", t.state.name.lower())
-            out[status] = out.get(status, 0) + 1
-    return out

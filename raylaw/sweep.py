@@ -21,11 +21,11 @@ from optuna.trial import TrialState
 
 from raylaw.errors import RaylawError
 from raylaw.history import save_version
-from raylaw.law import Optimum, Prediction, ScalingLaw
+from raylaw.law import Optimum, Prediction, ScalingLaw, Term
 from raylaw.optimum import extract_optimum
 from raylaw.optuna import LawSampler, optima_from_studies, trials_frame
 from raylaw.space import SearchSpace
-from raylaw.store import STATE_ATTR, create_sweep, open_store, sweep_studies
+from raylaw.store import DEFAULT_STORE, STATE_ATTR, create_sweep, open_store, sweep_studies
 
 DEFAULT_TRAINABLE = "raylaw.trainables.lm:train"
 
@@ -37,7 +37,7 @@ class SweepConfig:
     space: SearchSpace
     scale: dict[str, float]
     law_path: str
-    store: str = "sqlite:///raylaw.db"
+    store: str = DEFAULT_STORE
     samples: int = 16
     prior: str | None = "steplaw"
     coverage: float = 0.9
@@ -188,7 +188,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     if remaining > 0:
         try:
             init_ray(address)
-            _run_tuner(cfg, space, study, search, trainable, resources, budget, remaining)
+            _run_tuner(cfg, space, study, search, trainable, spec, resources, budget, remaining)
         except BaseException:
             if not resumed and not study.get_trials(deepcopy=False, states=(
                     TrialState.COMPLETE, TrialState.PRUNED)):
@@ -206,8 +206,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
 
 
 def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search: Any,
-               trainable: Callable, resources: dict[str, float], budget: float | None,
-               remaining: int) -> None:
+               trainable: Callable, spec: str, resources: dict[str, float],
+               budget: float | None, remaining: int) -> None:
     """Run the trials on Ray Tune with ASHA on the space's fidelity."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -229,7 +229,6 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
-    spec = cfg.trainable or space.trainable or DEFAULT_TRAINABLE
     try:
         tuner.fit()
     except Exception as e:  # noqa: BLE001 - Tune wraps trainable/contract errors
@@ -280,9 +279,8 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
                        law, after, version, tokens, full, resumed)
 
 
-def _fresh_term(term: Any) -> Any:
-    from raylaw.law import Term
-
+def _fresh_term(term: Term) -> Term:
+    """The same law term, prior only: refitted from scratch with all the evidence."""
     return Term(term.depends_on, term.prior)
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 
 def free_ports(n: int) -> list[int]:
@@ -32,6 +37,16 @@ def read_env_sh(path: Path) -> dict:
 
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+
+# marks for every test that starts a local cluster with the scripts
+CLUSTER_MARKS = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("bash") is None,
+                       reason="the local-cluster scripts need Linux (/proc) and bash"),
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None
+                       or importlib.util.find_spec("aiohttp") is None,
+                       reason="needs ray[default] (dashboard / job server)"),
+]
 
 
 @dataclass

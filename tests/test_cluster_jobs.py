@@ -21,7 +21,6 @@ when both cores are saturated.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -38,19 +37,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_util import ScriptCluster, free_ports, read_env_sh
+from tests.cluster_util import (
+    CLUSTER,
+    CLUSTER_MARKS,
+    ScriptCluster,
+    free_ports,
+    read_env_sh,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "cluster"
 
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("bash") is None,
-                       reason="the local-cluster scripts need Linux (/proc) and bash"),
-    pytest.mark.skipif(importlib.util.find_spec("ray") is None
-                       or importlib.util.find_spec("aiohttp") is None,
-                       reason="needs ray[default] (dashboard / job server)"),
-]
+pytestmark = CLUSTER_MARKS
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # What the job's working-dir upload leaves out (Ray also skips what .gitignore names).

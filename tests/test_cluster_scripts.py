@@ -12,7 +12,6 @@ The tests share one cluster and run in file order (the worker-stop test is last)
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
 import os
@@ -29,18 +28,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster_util import ScriptCluster, free_ports, read_env_sh
+from tests.cluster_util import (
+    CLUSTER,
+    CLUSTER_MARKS,
+    ScriptCluster,
+    free_ports,
+    read_env_sh,
+)
 
-CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
-
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("bash") is None,
-                       reason="the local-cluster scripts need Linux (/proc) and bash"),
-    pytest.mark.skipif(importlib.util.find_spec("ray") is None
-                       or importlib.util.find_spec("aiohttp") is None,
-                       reason="needs ray[default] (dashboard / job server)"),
-]
+pytestmark = CLUSTER_MARKS
 
 # Runs in a separate driver process: the test process itself never joins the cluster.
 PROBE = r"""

@@ -21,8 +21,8 @@ from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
 from raylaw.history import versions
 from raylaw.sweep import _restore_rungs
-from tests.conftest import LM_SPACE, ROOT, STEPLAW_SPACE
-from tests.test_sweep import sweep_args
+from tests.conftest import LM_SPACE, STEPLAW_SPACE
+from tests.test_sweep import start_driver, sweep_args
 
 pytestmark = pytest.mark.ray
 
@@ -31,13 +31,6 @@ def study_of(tmp_path):
     storage = f"sqlite:///{tmp_path / 'store.db'}"
     (name,) = optuna.get_all_study_names(storage)
     return optuna.load_study(study_name=name, storage=storage)
-
-
-def start_driver(args, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "raylaw.tune", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, **kw)
 
 
 def test_resume_after_the_driver_is_killed(ray_local, tmp_path):

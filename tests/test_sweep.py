@@ -32,6 +32,14 @@ def sweep_args(tmp_path, *extra, scale=("N=1e5", "D=1e5"), samples=4,
     return args + list(extra)
 
 
+def start_driver(args: list[str]) -> subprocess.Popen:
+    """``python -m raylaw.tune ARGS`` in its own process group (so a test can SIGKILL it all)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "raylaw.tune", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
 def trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'store.db'}"
     names = optuna.get_all_study_names(storage)
@@ -99,10 +107,7 @@ def test_diverging_and_crashing_trials_do_not_fail_the_sweep(ray_local, tmp_path
 def test_store_keeps_finished_trials_when_the_driver_is_killed(tmp_path):
     """A separate driver process (its own embedded Ray) is SIGKILLed mid-sweep."""
     args = sweep_args(tmp_path, "--config", "sleep=1.0", "--config", "reports=4", samples=12)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "raylaw.tune", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = start_driver(args)
     storage = f"sqlite:///{tmp_path / 'store.db'}"
     finished = []
     try:
