@@ -1,7 +1,7 @@
 """A scale ladder on the built-in byte-level LM (CPU): law accuracy and tuning cost at the top.
 
-Run ``python bench/lm_ladder.py`` (full, sized for < 2 h on 2 cores: an estimate from trial
-timings, not yet run) or ``--quick`` (15.5 min on a loaded 2-core machine). ``--report-from DIR``
+Run ``python bench/lm_ladder.py`` (full: N = 1.25e4..1e5 at D = 20 N, sized for < 2 h on 2
+cores) or ``--quick`` (the same ladder at D = 10 N, about half the time). ``--report-from DIR``
 rebuilds the report from the stores of a finished run's ``--out DIR`` without training.
 
 Protocol (every trial: ``raylaw.trainables.lm:train`` on Ray Tune, 1 CPU and ``threads=1`` per
@@ -24,6 +24,9 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
 4. (c) Optuna TPE over the full space without early stopping: ``LawSearch`` over a study with
    ``TPESampler(multivariate=True, n_startup_trials=4)`` (the base sampler ``LawSampler`` uses),
    no scheduler.
+   (b) and (c) run until a full-length trial reaches the target, or until they have spent
+   ALLOWANCE x their goal ratio (3 or 5) x (a)'s cost in tokens (``UntilTarget``): a baseline
+   that stops on its allowance cost more than its goal, so the target is decided either way.
 
 Cost of a method at the target scale = tokens trained by all of its trials, summed in the order
 they finished (Optuna ``datetime_complete``; a trial's tokens are the last fidelity it reported,
@@ -61,6 +64,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import optuna  # noqa: E402
 from benchmarks_md import update_section  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+from ray.tune.stopper import Stopper  # noqa: E402
 
 from raylaw import SearchSpace  # noqa: E402
 from raylaw.files import atomic_write_text  # noqa: E402
@@ -70,6 +74,7 @@ from raylaw.sweep import SweepConfig, init_ray, load_law, loopback_ray_env, run_
 
 SECTION = "## LM ladder on CPU (bench/lm_ladder.py)"
 TOL = 0.005  # within 0.5% of the reference best
+ALLOWANCE = 1.25  # baselines may spend this x their goal x raylaw's cost before giving up
 TRAINABLE = "raylaw.trainables.lm:train"
 
 
@@ -82,8 +87,7 @@ class Plan:
     tokens_per_param: float = 20.0
     rung_samples: int = 10  # raylaw trials per smaller rung
     target_samples: int = 12  # raylaw trials at the target scale
-    asha_samples: int = 24  # (b)
-    tpe_samples: int = 16  # (c)
+    max_samples: int = 200  # (b) and (c): a cap; they end at the target or their allowance
     grid_lr: list[float] = field(default_factory=list)  # reference grid, also the lr check
     grid_bs: list[int] = field(default_factory=list)
     check_bs: int = 16  # batch size of the lr-moves check (must be in grid_bs)
@@ -97,15 +101,15 @@ def _geom(lo: float, hi: float, n: int) -> list[float]:
     return [float(f"{lo * (hi / lo) ** (i / (n - 1)):.3g}") for i in range(n)]
 
 
-FULL = Plan("full", ladder=[2.5e4, 5e4, 1e5, 2e5], rung_samples=10, target_samples=12,
-            asha_samples=24, tpe_samples=12, grid_lr=_geom(1.5e-3, 4.8e-2, 6),
-            grid_bs=[4, 8, 16], check_bs=8)  # the quick run's best trials had bs 5-10
+FULL = Plan("full", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=20.0, rung_samples=10,
+            target_samples=12, grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[4, 8, 16],
+            check_bs=8)  # the quick run's best trials had bs 5-10
 SMOKE = Plan("smoke", ladder=[3e3, 1.25e4], tokens_per_param=4, rung_samples=3,
-             target_samples=3, asha_samples=4, tpe_samples=3, grid_lr=[3e-3, 1e-2],
-             grid_bs=[8], check_bs=8, eval_every=4, eval_tokens=2**12)
+             target_samples=3, max_samples=6, grid_lr=[3e-3, 1e-2], grid_bs=[8], check_bs=8,
+             eval_every=4, eval_tokens=2**12)
 QUICK = Plan("quick", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=10.0,
-             rung_samples=8, target_samples=10, asha_samples=16, tpe_samples=10,
-             grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[8, 24], check_bs=8)
+             rung_samples=8, target_samples=10, grid_lr=_geom(2e-3, 3.2e-2, 5),
+             grid_bs=[8, 24], check_bs=8)
 
 
 # ------------------------------------------------------------------------------ Tune plumbing
@@ -117,11 +121,42 @@ def scale_of(plan: Plan, n: float) -> dict[str, float]:
     return {"N": float(n), "D": float(plan.tokens_per_param * n)}
 
 
+class UntilTarget(Stopper):
+    """Ends a Tune run once a full-length trial reaches ``target`` or ``max_tokens`` are spent.
+
+    Baselines run under it with a token allowance of ``goal x`` raylaw's cost, so a baseline
+    that never gets there has cost more than ``goal x`` raylaw's: the target is decided either
+    way, without running the baseline forever. Tokens of running trials count as spent.
+    """
+
+    def __init__(self, space: SearchSpace, budget: float, target: float, max_tokens: float):
+        self.space, self.budget, self.target, self.max_tokens = space, budget, target, max_tokens
+        self.tokens: dict[str, float] = {}
+        self.reached = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        t = float(result.get(self.space.fidelity) or 0.0)
+        self.tokens[trial_id] = max(t, self.tokens.get(trial_id, 0.0))
+        value = result.get(self.space.metric)
+        if (t >= self.budget and value is not None and not result.get("diverged")
+                and math.isfinite(value) and value <= self.target):
+            self.reached = True
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reached or sum(self.tokens.values()) >= self.max_tokens
+
+    @property
+    def spent(self) -> float:
+        return float(sum(self.tokens.values()))
+
+
 def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
                distributions: dict, extra: dict[str, Any], samples: int, asha: bool,
-               results: Path) -> None:
+               results: Path, stopper: UntilTarget | None = None) -> None:
     """Run ``samples`` trials of the built-in LM on Tune, suggested by ``study``'s sampler
-    through raylaw's ``LawSearch`` (every trial recorded in the study)."""
+    through raylaw's ``LawSearch`` (every trial recorded in the study), until ``stopper``
+    says so."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -148,6 +183,7 @@ def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
         run_config=tune.RunConfig(name="".join(c if c.isalnum() else "_"
                                                for c in study.study_name),
                                   storage_path=str(results), verbose=0,
+                                  stop=stopper,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     tuner.fit()
@@ -295,22 +331,32 @@ def run(plan: Plan, out: Path, seed: int) -> dict[str, Any]:
     res["rungs"] = rungs
     phase("(a) raylaw ladder", t0)
 
-    # (b) ASHA over the full space (random sampler), (c) TPE over the full space, no ES
+    # (b) ASHA over the full space (random sampler), (c) TPE over the full space, no ES; each
+    # until it reaches the target or has spent ALLOWANCE x its goal x raylaw's cost
     full = space.optuna_distributions()
-    t0 = time.time()
-    s_b = optuna.create_study(study_name="asha-full", storage=base_storage, direction="minimize",
-                              sampler=optuna.samplers.RandomSampler(seed=seed))
-    tune_study(s_b, space, target, full, constants(plan), plan.asha_samples, asha=True,
-               results=results)
-    res["b"] = curve(s_b)
-    phase("(b) ASHA, full space", t0)
-    t0 = time.time()
-    s_c = optuna.create_study(study_name="tpe-full", storage=base_storage, direction="minimize",
-                              sampler=optuna.samplers.TPESampler(
-                                  seed=seed, multivariate=True, n_startup_trials=4))
-    tune_study(s_c, space, target, full, constants(plan), plan.tpe_samples, asha=False,
-               results=results)
-    res["c"] = curve(s_c)
+    target_loss = ref_best * (1 + TOL)
+    cost_a = rungs[-1]["curve"].cost_to(target_loss)[0] or rungs[-1]["curve"].total
+    res["allowance"] = {}
+    for key, goal, name, sampler, asha, title in (
+            ("b", 3.0, "asha-full", optuna.samplers.RandomSampler(seed=seed), True,
+             "(b) ASHA, full space"),
+            ("c", 5.0, "tpe-full", optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, n_startup_trials=4), False,
+             "(c) TPE, full space, no early stopping")):
+        t0 = time.time()
+        allowance = ALLOWANCE * goal * cost_a
+        res["allowance"][key] = allowance
+        print(f"{title}: until loss <= {target_loss:.4f} or {allowance / 1e6:.2f}M tokens",
+              flush=True)
+        st = optuna.create_study(study_name=name, storage=base_storage, direction="minimize",
+                                 sampler=sampler)
+        stop = UntilTarget(space, target[space.budget], target_loss, allowance)
+        tune_study(st, space, target, full, constants(plan), plan.max_samples, asha=asha,
+                   results=results, stopper=stop)
+        res[key] = curve(st)
+        res["allowance"][f"{key}_spent"] = stop.spent  # incl. trials cut off when it ended
+        atomic_write_text(out / "allowance.json", json.dumps(res["allowance"]))
+        phase(title, t0)
     phase("(c) TPE, full space, no early stopping", t0)
     return res
 
@@ -359,6 +405,8 @@ def load_run(plan: Plan, out: Path) -> dict[str, Any]:
     res["rungs"] = rungs
     res["b"] = curve(optuna.load_study(study_name="asha-full", storage=base_storage))
     res["c"] = curve(optuna.load_study(study_name="tpe-full", storage=base_storage))
+    if (out / "allowance.json").exists():
+        res["allowance"] = json.loads((out / "allowance.json").read_text())
     wall_file = out / "wall.json"
     if wall_file.exists():
         res["wall"] = json.loads(wall_file.read_text())
@@ -403,8 +451,9 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
             ("c", "(c) TPE, full space, no early stopping", res["c"], 0.0, 0.0),
             ("ref", "reference grid (exhaustive)", res["ref_curve"], 0.0, 0.0)):
         cost, k = c.cost_to(target)
+        spent = res.get("allowance", {}).get(f"{key}_spent", 0.0)
         rows[key] = {"label": label, "cost": cost, "k": k, "n": len(c.tokens),
-                     "total": c.total, "best": c.best(), "curve": c,
+                     "total": max(c.total, spent), "best": c.best(), "curve": c,
                      "incl_raw": None if cost is None else cost + extra_raw,
                      "incl_w": None if cost is None else cost + extra_w,
                      "extra_raw": extra_raw, "extra_w": extra_w}
@@ -444,8 +493,12 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          f"D = {plan.tokens_per_param * n_t:.3g}.  ",
          f"Trials: 1 CPU and `threads=1` each, 2 at a time; `eval_every={plan.eval_every}`, "
          f"`eval_tokens={plan.eval_tokens}`; samples: raylaw {plan.rung_samples} per smaller "
-         f"rung and {plan.target_samples} at the target, (b) {plan.asha_samples}, "
-         f"(c) {plan.tpe_samples}.  ",
+         f"rung and {plan.target_samples} at the target; (b) and (c) run until one of their "
+         f"full-length trials reaches the target loss or they have spent {ALLOWANCE:g} x their "
+         f"goal x raylaw's target-scale cost in tokens ((b): "
+         f"{_tok(res.get('allowance', {}).get('b'))}, (c): "
+         f"{_tok(res.get('allowance', {}).get('c'))}), so that a baseline that never gets "
+         "there has cost more than its goal ratio and the target is decided either way.  ",
          f"Reference (exhaustive) grid at the target: lr {plan.grid_lr} x batch size "
          f"{plan.grid_bs} sequences, full length, {fixed}; best loss L* = {ref_best:.4f} nats/byte "
          f"at lr={ref_lr:g}, bs={ref_bs}; target loss 1.005 L* = {s['target']:.4f}.",

@@ -5,6 +5,12 @@ For a hyperparameter h that depends on scale variables x_k, the law is
 fit such as Step Law's) and are updated by per-scale optima weighted by their uncertainty.
 The scatter of optima around the law (tau) is unknown; it is integrated over a grid with its
 restricted likelihood, so intervals stay honest with few scales and widen when extrapolating.
+
+All hyperparameters are fitted jointly. Where an optimum carries the curvature of its loss bowl
+(``Optimum.curvature``), its scatter is shaped like the bowl: optima wander along flat valleys
+(e.g. lr rising with batch size), and a miss along a valley costs little loss, so the fit
+weights each miss by the loss it would cost (the bowl's Hessian) rather than per
+hyperparameter in isolation.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ FORMAT_VERSION = 1
 TAU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 3.0, 80)])
 TAU_PRIOR_SCALE = 0.3  # half-Cauchy scale on the scatter of log-optima around the law
 MIN_SIGMA = 1e-3
+SHAPE_CLIP = (1e-2, 1e2)  # eigenvalue bounds of a normalized scatter shape
 
 
 @dataclass(frozen=True)
@@ -40,13 +47,30 @@ class Optimum:
     n_excluded: int = 0
     method: str = ""
     source: str = ""
+    # Hessian of the relative metric gap w.r.t. the log-hyperparameters at the optimum
+    # (symmetric, over the keys of ``values``); None when the trials could not show it
+    curvature: dict[str, dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "scale": self.scale, "values": self.values, "sigmas": self.sigmas,
             "n_trials": self.n_trials, "n_excluded": self.n_excluded,
             "method": self.method, "source": self.source,
         }
+        if self.curvature is not None:
+            d["curvature"] = self.curvature
+        return d
+
+    def hessian(self, names: list[str]) -> np.ndarray | None:
+        """The curvature over ``names`` as a matrix, if known and positive definite."""
+        c = self.curvature
+        if c is None or any(a not in c or b not in c[a] for a in names for b in names):
+            return None
+        h = np.array([[c[a][b] for b in names] for a in names], dtype=float)
+        h = (h + h.T) / 2
+        if not np.all(np.isfinite(h)) or np.any(np.linalg.eigvalsh(h) <= 0):
+            return None
+        return h
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "optimum") -> Optimum:
@@ -54,10 +78,14 @@ class Optimum:
             scale = {str(k): _positive(v, f"{where}.scale.{k}") for k, v in d["scale"].items()}
             values = {str(k): _positive(v, f"{where}.values.{k}") for k, v in d["values"].items()}
             sigmas = {str(k): _nonneg(v, f"{where}.sigmas.{k}") for k, v in d["sigmas"].items()}
+            curv = d.get("curvature")
+            if curv is not None:
+                curv = {str(a): {str(b): _finite(v, f"{where}.curvature.{a}.{b}")
+                                 for b, v in row.items()} for a, row in curv.items()}
         except (KeyError, AttributeError, TypeError) as e:
             raise RaylawError(f"{where}: expected scale, values and sigmas mappings ({e})") from e
         return cls(scale, values, sigmas, int(d.get("n_trials", 0)), int(d.get("n_excluded", 0)),
-                   str(d.get("method", "")), str(d.get("source", "")))
+                   str(d.get("method", "")), str(d.get("source", "")), curv)
 
 
 @dataclass(frozen=True)
@@ -95,6 +123,7 @@ class Term:
     means: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     covs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
     n_obs: int = 0
+    shape: float = 1.0  # this hyperparameter's share of the scatter: its variance is tau^2 shape
 
     @property
     def fitted(self) -> bool:
@@ -115,52 +144,21 @@ class Term:
 
     @property
     def scatter(self) -> float:
-        """Posterior mean of tau, the std of log-optima around the law."""
-        return float(self.weights @ self.tau)
+        """Posterior mean of this hyperparameter's std of log-optima around the law."""
+        return float(self.weights @ self.tau) * math.sqrt(self.shape)
+
+    def check_identifiable(self, x: np.ndarray, name: str) -> None:
+        """Without a prior, the optima must pin every coefficient down (and leave a residual)."""
+        p, n = x.shape[1], x.shape[0]
+        if self.prior is None and (n < p + 1 or np.linalg.matrix_rank(x) < p):
+            raise RaylawError(
+                f"law for '{name}' depends on {list(self.depends_on)}: fitting it without a "
+                f"prior needs at least {p + 1} scales whose "
+                f"{' and '.join(self.depends_on)} vary independently (got {n}); "
+                "sweep more scales or use a prior (--prior steplaw)")
 
     def features(self, scale: dict[str, float]) -> np.ndarray:
         return np.array([1.0] + [math.log(scale[k]) for k in self.depends_on])
-
-    def fit(self, x: np.ndarray, y: np.ndarray, s: np.ndarray, name: str) -> None:
-        """Posterior over coefficients given log-features x, log-optima y and their stds s."""
-        p = x.shape[1]
-        n = len(y)
-        if self.prior is None:
-            if n < p + 1 or np.linalg.matrix_rank(x) < p:
-                raise RaylawError(
-                    f"law for '{name}' depends on {list(self.depends_on)}: fitting it without a "
-                    f"prior needs at least {p + 1} scales whose "
-                    f"{' and '.join(self.depends_on)} vary independently (got {n}); "
-                    "sweep more scales or use a prior (--prior steplaw)")
-            p0 = np.zeros((p, p))
-            m0 = np.zeros(p)
-        else:
-            p0 = np.linalg.inv(self.prior.cov)
-            m0 = self.prior.mean
-        logl, means, covs = [], [], []
-        for t in TAU_GRID:
-            v = s**2 + t**2
-            w = 1.0 / np.maximum(v, 1e-12)
-            prec = p0 + (x.T * w) @ x
-            cov = np.linalg.inv(prec)
-            mean = cov @ (p0 @ m0 + (x.T * w) @ y)
-            r = y - x @ mean
-            # log marginal likelihood (proper prior) or REML (flat prior); both in closed form
-            ll = -0.5 * (np.sum(np.log(v)) + r @ (w * r) + np.linalg.slogdet(prec)[1])
-            if self.prior is not None:
-                ll += -0.5 * (np.linalg.slogdet(self.prior.cov)[1] + (mean - m0) @ p0 @ (mean - m0))
-            logl.append(ll)
-            means.append(mean)
-            covs.append(cov)
-        logpost = np.array(logl) + np.log(_half_cauchy(TAU_GRID, TAU_PRIOR_SCALE))
-        wts = np.exp(logpost - logpost.max()) * _grid_widths(TAU_GRID)
-        wts /= wts.sum()
-        keep = wts > 1e-8
-        self.tau = TAU_GRID[keep]
-        self.weights = wts[keep] / wts[keep].sum()
-        self.means = np.array(means)[keep]
-        self.covs = np.array(covs)[keep]
-        self.n_obs = n
 
     def prior_only(self) -> None:
         """Predict from the prior alone: integrate tau over its prior."""
@@ -171,13 +169,15 @@ class Term:
         self.means = np.tile(self.prior.mean, (len(TAU_GRID), 1))
         self.covs = np.tile(self.prior.cov, (len(TAU_GRID), 1, 1))
         self.n_obs = 0
+        self.shape = 1.0
 
     def predict_log(self, scale: dict[str, float], coverage: float,
                     extra_sd: float = 0.0) -> tuple[float, float, float, float]:
         """(center, low, high, sd) of the log-optimum: a Gaussian mixture over tau."""
         f = self.features(scale)
         mu = self.means @ f
-        sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2 + extra_sd**2)
+        sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2 * self.shape
+                     + extra_sd**2)
         sd = np.maximum(sd, 1e-9)
         center = float(self.weights @ mu)
         total_sd = float(np.sqrt(self.weights @ (sd**2 + (mu - center) ** 2)))
@@ -231,19 +231,18 @@ class ScalingLaw:
 
     def _refresh(self) -> None:
         """Recompute every term's posterior from its prior and the stored optima."""
+        observed = [n for n in self.terms if any(n in o.values for o in self.optima)]
         for name, term in self.terms.items():
-            rows = [o for o in self.optima if name in o.values]
-            if rows:
-                x = np.array([term.features(o.scale) for o in rows])
-                y = np.array([math.log(o.values[name]) for o in rows])
-                s = np.array([max(o.sigmas.get(name, 0.0), MIN_SIGMA) for o in rows])
-                term.fit(x, y, s, name)
-            elif term.prior is not None:
+            if name in observed:
+                continue
+            if term.prior is not None:
                 term.prior_only()
             else:
                 term.tau = np.zeros(0)
                 term.weights = np.zeros(0)
                 term.n_obs = 0
+        if observed:
+            _fit_joint({n: self.terms[n] for n in observed}, self.optima)
 
     def fit(self, optima: list[Optimum], source: str = "") -> ScalingLaw:
         """Add per-scale optima as evidence and refit every term; returns self."""
@@ -392,6 +391,84 @@ class ScalingLaw:
         return cls.from_dict(data, where=str(path))
 
 
+def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> None:
+    """Posterior of all terms' coefficients together, given the optima (one Gaussian per tau).
+
+    Each optimum's log-values y_s = X_s beta + e_s with e_s ~ N(0, diag(sigma_s^2) + tau^2 M_s):
+    M_s is the inverse of the optimum's bowl curvature, normalized by the typical curvature of
+    all optima, or the identity where the curvature is unknown. Flat prior blocks make the
+    likelihood a restricted one (REML); tau gets a half-Cauchy prior and is integrated out.
+    """
+    names = list(terms)
+    offs = np.cumsum([0] + [len(t.depends_on) + 1 for t in terms.values()])
+    dim = int(offs[-1])
+    for name, term in terms.items():
+        x = np.array([term.features(o.scale) for o in optima if name in o.values])
+        term.check_identifiable(x, name)
+    p0, m0, proper = np.zeros((dim, dim)), np.zeros(dim), np.zeros(dim, dtype=bool)
+    for k, term in enumerate(terms.values()):
+        if term.prior is not None:
+            blk = slice(offs[k], offs[k + 1])
+            p0[blk, blk] = np.linalg.inv(term.prior.cov)
+            m0[blk] = term.prior.mean
+            proper[blk] = True
+    p0m0 = p0 @ m0
+    rows = []
+    for o in optima:
+        idx = [k for k, n in enumerate(names) if n in o.values]
+        if not idx:
+            continue
+        obs = [names[k] for k in idx]
+        x = np.zeros((len(idx), dim))
+        for r, k in enumerate(idx):
+            x[r, offs[k]:offs[k + 1]] = terms[names[k]].features(o.scale)
+        y = np.array([math.log(o.values[n]) for n in obs])
+        s2 = np.array([max(o.sigmas.get(n, 0.0), MIN_SIGMA) ** 2 for n in obs])
+        h = o.hessian(obs)
+        rows.append((idx, x, y, s2, None if h is None else np.linalg.inv(h)))
+    known = [r[4] for r in rows if r[4] is not None]
+    norm = math.exp(np.mean([np.linalg.slogdet(h)[1] / len(h) for h in known])) if known else 1.0
+    shapes = [np.eye(len(r[0])) if r[4] is None else _clip_shape(r[4] / norm) for r in rows]
+    logl, means, covs = [], [], []
+    for t in TAU_GRID:
+        prec, rhs, logdet, fits = p0.copy(), p0m0.copy(), 0.0, []
+        for (_, x, y, s2, _), m in zip(rows, shapes):
+            c = np.diag(s2) + t * t * m
+            w = np.linalg.inv(c)
+            fits.append((x, y, w))
+            prec += x.T @ w @ x
+            rhs += x.T @ w @ y
+            logdet += np.linalg.slogdet(c)[1]
+        cov = np.linalg.inv(prec)
+        mean = cov @ rhs
+        quad = sum(float((y - x @ mean) @ w @ (y - x @ mean)) for x, y, w in fits)
+        d = np.where(proper, mean - m0, 0.0)
+        # log marginal likelihood (proper blocks) / restricted likelihood (flat blocks)
+        logl.append(-0.5 * (logdet + quad + np.linalg.slogdet(prec)[1] + d @ p0 @ d))
+        means.append(mean)
+        covs.append(cov)
+    logpost = np.array(logl) + np.log(_half_cauchy(TAU_GRID, TAU_PRIOR_SCALE))
+    wts = np.exp(logpost - logpost.max()) * _grid_widths(TAU_GRID)
+    wts /= wts.sum()
+    keep = wts > 1e-8
+    means_a, covs_a = np.array(means)[keep], np.array(covs)[keep]
+    for k, term in enumerate(terms.values()):
+        blk = slice(offs[k], offs[k + 1])
+        term.tau = TAU_GRID[keep]
+        term.weights = wts[keep] / wts[keep].sum()
+        term.means = means_a[:, blk]
+        term.covs = covs_a[:, blk, blk]
+        diag = [m[r, r] for (idx, *_), m in zip(rows, shapes) for r, j in enumerate(idx) if j == k]
+        term.n_obs = len(diag)
+        term.shape = float(np.mean(diag))
+
+
+def _clip_shape(m: np.ndarray) -> np.ndarray:
+    """Bound a scatter shape's eigenvalues so a near-flat bowl cannot make it singular."""
+    ev, vec = np.linalg.eigh(m)
+    return (vec * np.clip(ev, *SHAPE_CLIP)) @ vec.T
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed in a law file")
 
@@ -413,6 +490,16 @@ def _positive(v: Any, where: str) -> float:
         raise RaylawError(f"{where}: expected a positive number, got {v!r}") from None
     if not math.isfinite(f) or f <= 0:
         raise RaylawError(f"{where}: expected a positive finite number, got {v!r}")
+    return f
+
+
+def _finite(v: Any, where: str) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise RaylawError(f"{where}: expected a number, got {v!r}") from None
+    if not math.isfinite(f):
+        raise RaylawError(f"{where}: expected a finite number, got {v!r}")
     return f
 
 

@@ -1,26 +1,32 @@
 """Estimate one scale's optimum of the governed hyperparameters from its trials, robustly.
 
 The loss landscape over log-hyperparameters is a convex bowl with a flat plateau (Step Law),
-so the single best trial is a noisy estimate of the optimum. We fit a quadratic to the
-near-optimal trials and take its vertex, with the delta-method uncertainty; when the fit is
-not convex, or too few trials are good enough, we fall back to a weighted centroid of the best
-trials. Diverged and errored trials are excluded and counted; trials stopped early are
-excluded (their metric is at a lower fidelity) and counted.
+so the single best trial is a noisy estimate of the optimum. Where there are enough
+near-optimal trials we fit a cubic surface to them (the bowl is lopsided: steeper towards
+divergence) and take its minimum; with fewer, a quadratic and its vertex; both come with a
+delta-method uncertainty and the bowl's curvature at the optimum, which the law uses to weigh
+misses by the loss they cost. When neither fit is convex we fall back to a weighted centroid of
+the best trials. Diverged and errored trials are excluded and counted; trials stopped early
+are excluded (their metric is at a lower fidelity) and counted.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 
 from raylaw.errors import RaylawError
 from raylaw.law import Optimum
 
 STATUSES = ("completed", "stopped", "diverged", "errored")
 THRESHOLDS = (0.005, 0.01, 0.02, 0.04, 0.08)  # relative metric gaps to the best trial
+CUBIC_THRESHOLDS = (0.01, 0.02, 0.04)  # cubic fits, averaged over these neighbourhoods
+CUBIC_WEIGHT = 5.0  # a trial at gap g in neighbourhood t weighs exp(-CUBIC_WEIGHT g / t)
 MIN_SIGMA = 0.02
 
 
@@ -51,7 +57,7 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
         y = -y
     varying = [j for j in range(len(names)) if len(y) == 1 or np.ptp(z[:, j]) > 0]
     zv = z[:, varying]
-    center, sigma, method = _estimate(zv, y)
+    center, sigma, method, hess = _estimate(zv, y)
     values, sigmas = {}, {}
     for k, j in enumerate(varying):
         values[names[j]] = float(math.exp(center[k]))
@@ -59,29 +65,46 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
     if not values:
         raise RaylawError(f"at scale {scale} every trial has the same {names}: nothing to "
                           "locate an optimum from")
-    return Optimum(dict(scale or {}), values, sigmas, int(len(y)), n_excluded, method, source)
+    curvature = None if hess is None else {
+        names[a]: {names[b]: float(hess[i, k]) for k, b in enumerate(varying)}
+        for i, a in enumerate(varying)}
+    return Optimum(dict(scale or {}), values, sigmas, int(len(y)), n_excluded, method, source,
+                   curvature)
 
 
-def _estimate(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    """Center and std (log space) of the optimum from points z (n x d) with metric y (min)."""
+def _estimate(z: np.ndarray, y: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
+    """Center, std (log space), method and curvature of the optimum from points z (n x d)
+    with metric y (minimized). The curvature is the Hessian of the relative gap y/y_best - 1."""
     n, d = z.shape
     best = int(np.argmin(y))
-    scale_y = max(abs(y[best]), 1e-12)
-    gap = (y - y[best]) / scale_y
+    gap = (y - y[best]) / max(abs(y[best]), 1e-12)
     spacing = np.array([_spacing(z[:, j]) for j in range(d)])
-    q = 1 + d + d * (d + 1) // 2
+    floor = np.maximum(spacing / 4, MIN_SIGMA)
+    # cubic: averaged over neighbourhood sizes, each weighted towards its best trials
+    fits = []
+    for thr in CUBIC_THRESHOLDS:
+        sel = gap <= thr
+        if (sel.sum() >= _n_terms(d, 3) + 5
+                and all(len(np.unique(z[sel, j])) >= 4 for j in range(d))):
+            fit = _surface_minimum(z[sel], gap[sel], np.exp(-CUBIC_WEIGHT * gap[sel] / thr), 3)
+            if fit is not None:
+                fits.append((thr, *fit))
+    if fits:
+        v = np.mean([f[1] for f in fits], axis=0)
+        spread = np.std([f[1] for f in fits], axis=0)
+        sd = np.sqrt(np.mean([f[2] for f in fits], axis=0) ** 2 + spread**2)
+        used = ",".join(f"{f[0]:g}" for f in fits)
+        return v, np.maximum(sd, floor), f"cubic@{used}", np.mean([f[3] for f in fits], axis=0)
+    # quadratic: the vertex of the narrowest neighbourhood that gives a convex fit
     for thr in THRESHOLDS:
         sel = gap <= thr
-        if sel.sum() < q + 2 or any(len(np.unique(z[sel, j])) < 3 for j in range(d)):
+        if sel.sum() < _n_terms(d, 2) + 2 or any(len(np.unique(z[sel, j])) < 3
+                                                 for j in range(d)):
             continue
-        fit = _quadratic_vertex(z[sel], y[sel])
-        if fit is None:
-            continue
-        v, sd = fit
-        lo, hi = z[sel].min(axis=0), z[sel].max(axis=0)
-        margin = 0.25 * (hi - lo)
-        if np.all(v >= lo - margin) and np.all(v <= hi + margin):
-            return v, np.maximum(sd, np.maximum(spacing / 4, MIN_SIGMA)), f"quadratic@{thr:g}"
+        fit = _surface_minimum(z[sel], gap[sel], np.ones(int(sel.sum())), 2)
+        if fit is not None:
+            return fit[0], np.maximum(fit[1], floor), f"quadratic@{thr:g}", fit[2]
     # fallback: centroid of the near-best trials, weighted towards the best
     k = min(n, max(3, 2 * d + 1))
     idx = np.argsort(y)[:k]
@@ -89,52 +112,81 @@ def _estimate(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, str
     c = (w[:, None] * z[idx]).sum(axis=0) / w.sum()
     spread = np.sqrt((w[:, None] * (z[idx] - c) ** 2).sum(axis=0) / w.sum())
     if n == 1:
-        return z[0], np.full(d, 0.5), "single"
-    return c, np.maximum(spread, np.maximum(spacing / 2, MIN_SIGMA)), "centroid"
+        return z[0], np.full(d, 0.5), "single", None
+    return c, np.maximum(spread, np.maximum(spacing / 2, MIN_SIGMA)), "centroid", None
 
 
-def _quadratic_vertex(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Vertex of a least-squares quadratic fit and its delta-method std; None if not convex."""
+def _monomials(x: np.ndarray, degree: int) -> np.ndarray:
+    """All monomials of the columns of x (n x d) up to ``degree``, constant first."""
+    d = x.shape[1]
+    cols = [np.ones(len(x))]
+    for deg in range(1, degree + 1):
+        cols += [np.prod(x[:, list(c)], axis=1)
+                 for c in itertools.combinations_with_replacement(range(d), deg)]
+    return np.column_stack(cols)
+
+
+def _n_terms(d: int, degree: int) -> int:
+    return math.comb(d + degree, degree)
+
+
+def _surface_minimum(z: np.ndarray, y: np.ndarray, w: np.ndarray, degree: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Minimum of a weighted least-squares polynomial surface inside the points' box.
+
+    Returns (minimum, its delta-method std, Hessian there), or None when the minimum is on the
+    box's edge or the surface is not convex there.
+    """
     n, d = z.shape
     mu = z.mean(axis=0)
     x = z - mu
-    cols = [np.ones(n)] + [x[:, i] for i in range(d)]
-    pairs = [(i, j) for i in range(d) for j in range(i, d)]
-    cols += [x[:, i] * x[:, j] for i, j in pairs]
-    a = np.column_stack(cols)
-    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+    a = _monomials(x, degree)
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)
     dof = n - a.shape[1]
     if dof <= 0:
         return None
     resid = y - a @ coef
-    s2 = float(resid @ resid) / dof
-    cov = s2 * np.linalg.pinv(a.T @ a)
+    s2 = float(w @ resid**2) / dof
+    cov = s2 * np.linalg.pinv((a.T * w) @ a)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    eps = 1e-4
 
-    def vertex(c: np.ndarray) -> np.ndarray | None:
-        g = c[1:1 + d]
-        h = np.zeros((d, d))
-        for (i, j), v in zip(pairs, c[1 + d:]):
-            h[i, j] += v if i != j else 2 * v
-            if i != j:
-                h[j, i] += v
+    def value(p: np.ndarray) -> float:
+        return float(_monomials(p[None, :], degree)[0] @ coef)
+
+    def grads(p: np.ndarray) -> np.ndarray:
+        """d x terms: the gradient of every monomial at p (central differences)."""
+        e = np.eye(d) * eps
+        return np.array([(_monomials((p + e[i])[None, :], degree)[0]
+                          - _monomials((p - e[i])[None, :], degree)[0]) / (2 * eps)
+                         for i in range(d)])
+
+    if degree == 2:  # closed form: solve grad = 0 from the constant-free part
+        g0 = grads(np.zeros(d)) @ coef
+        h = (np.array([grads(np.eye(d)[i]) @ coef for i in range(d)]) - g0).T
+        h = (h + h.T) / 2
         if np.any(np.linalg.eigvalsh(h) <= 0):
             return None
-        return -np.linalg.solve(h, g)
-
-    v = vertex(coef)
-    if v is None:
-        return None
-    jac = np.zeros((d, len(coef)))
-    for k in range(len(coef)):
-        eps = 1e-6 * max(1.0, abs(coef[k]))
-        c2 = coef.copy()
-        c2[k] += eps
-        v2 = vertex(c2)
-        if v2 is None:
+        p = -np.linalg.solve(h, g0)
+        margin = 0.25 * (hi - lo)
+        if np.any(p < lo - margin) or np.any(p > hi + margin):
             return None
-        jac[:, k] = (v2 - v) / eps
+    else:
+        start = x[int(np.argmin(a @ coef))]
+        res = optimize.minimize(value, start, method="L-BFGS-B", bounds=list(zip(lo, hi)))
+        p = res.x
+        if np.any(p <= lo + 1e-6 * (hi - lo)) or np.any(p >= hi - 1e-6 * (hi - lo)):
+            return None
+        h = np.array([(grads(p + np.eye(d)[i] * eps) - grads(p - np.eye(d)[i] * eps)) @ coef
+                      / (2 * eps) for i in range(d)])
+        h = (h + h.T) / 2
+        if np.any(np.linalg.eigvalsh(h) <= 0):
+            return None
+    # implicit function theorem: grad f(p; coef) = 0  =>  dp/dcoef = -H^-1 d(grad f)/dcoef
+    jac = -np.linalg.solve(h, grads(p))
     sd = np.sqrt(np.maximum(np.diag(jac @ cov @ jac.T), 0.0))
-    return v + mu, sd
+    return p + mu, sd, h
 
 
 def _spacing(col: np.ndarray) -> float:

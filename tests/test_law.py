@@ -66,6 +66,44 @@ def test_coverage_of_intervals_is_honest():
     assert 0.75 <= np.mean(hits) <= 1.0
 
 
+def valley_optima(n_scales: int, seed: int, curvature: bool) -> list[Optimum]:
+    """Optima that wander far along a valley (log lr and log bs rising together), little across
+    it, and (with ``curvature``) report the bowl that makes the valley cheap to wander along."""
+    rng = np.random.default_rng(seed)
+    along, across = np.array([1.0, 1.0]) / math.sqrt(2), np.array([1.0, -1.0]) / math.sqrt(2)
+    hess = 0.001 * np.outer(along, along) + 0.1 * np.outer(across, across)
+    out = []
+    for _ in range(n_scales):
+        n = float(10 ** rng.uniform(7, 9))
+        d = float(n * 10 ** rng.uniform(1, 2.5))
+        law = np.array([TRUE["lr"][0] + TRUE["lr"][1] * math.log(n) + TRUE["lr"][2] * math.log(d),
+                        TRUE["bs"][0] + TRUE["bs"][1] * math.log(d)])
+        z = law + along * rng.normal(0, 0.6) + across * rng.normal(0, 0.03)
+        curv = {a: {b: float(hess[i, j]) for j, b in enumerate(("lr", "bs"))}
+                for i, a in enumerate(("lr", "bs"))} if curvature else None
+        out.append(Optimum({"N": n, "D": d}, {"lr": math.exp(z[0]), "bs": math.exp(z[1])},
+                           {"lr": 0.02, "bs": 0.02}, curvature=curv))
+    return out, hess
+
+
+def test_curvature_weighs_misses_by_the_loss_they_cost():
+    """Optima scattered along a flat valley: a fit that knows the bowl's curvature predicts
+    points that lose much less loss (d' H d) than one that treats lr and bs separately."""
+    costs = {True: [], False: []}
+    for seed in range(8):
+        for curvature in (True, False):
+            obs, hess = valley_optima(10, seed, curvature)
+            law = ScalingLaw.for_space(SPACE, prior=None).fit(obs)
+            fresh, _ = valley_optima(30, seed + 100, curvature)
+            for o in fresh:
+                p = law.predict(o.scale)
+                miss = np.log([p["lr"].center / o.values["lr"], p["bs"].center / o.values["bs"]])
+                costs[curvature].append(float(miss @ hess @ miss))
+    assert np.mean(costs[True]) < 0.7 * np.mean(costs[False])
+    back = ScalingLaw.from_dict(json.loads(json.dumps(law.to_dict())))
+    assert back.optima[0].curvature == law.optima[0].curvature
+
+
 def test_prior_alone_predicts_and_evidence_moves_it():
     prior_law = ScalingLaw.for_space(SPACE, prior="steplaw")
     p0 = prior_law.predict({"N": 1e9, "D": 2e10})
@@ -118,6 +156,7 @@ def test_json_round_trip(tmp_path):
     (lambda d: d["optima"][0]["values"].update(lr=-1.0), "positive"),
     (lambda d: d["terms"]["lr"]["prior"].update(mean=[0.0, "x", 1.0]), "expected numbers"),
     (lambda d: d["terms"].pop("lr") and d["terms"].pop("bs"), "non-empty"),
+    (lambda d: d["optima"][0].update(curvature={"lr": {"lr": "steep"}}), "curvature.lr.lr"),
 ])
 def test_bad_law_files_are_refused(tmp_path, edit, message):
     law = ScalingLaw.for_space(SPACE, prior="steplaw").fit(synthetic_optima(5, 0.1))

@@ -40,7 +40,8 @@ def test_vertex_is_closer_to_truth_than_the_noisy_argmin():
         best = df.loc[df["loss"].idxmin()]
         errs_fit.append(abs(math.log(opt.values["lr"] / 3e-3)))
         errs_argmin.append(abs(math.log(best["lr"] / 3e-3)))
-        assert opt.method.startswith("quadratic")
+        assert opt.method.split("@")[0] in ("cubic", "quadratic")
+        assert np.all(np.linalg.eigvalsh(opt.hessian(["lr", "bs"])) > 0)
         assert 0 < opt.sigmas["lr"] < 1
     assert np.mean(errs_fit) < np.mean(errs_argmin)
     assert np.mean(errs_fit) < 0.35
