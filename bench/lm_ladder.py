@@ -254,6 +254,19 @@ def grid_argmin(study: optuna.Study, bs: int | None = None) -> tuple[float, int,
     return best.params["lr"], best.params["batch_size"], best.value
 
 
+def interp_argmin(col: dict[float, float | None]) -> float:
+    """The vertex of the parabola (in log lr) through the column's argmin and its neighbours."""
+    pts = [(lr, v) for lr, v in sorted(col.items()) if v is not None]
+    i = min(range(len(pts)), key=lambda k: pts[k][1])
+    if i == 0 or i == len(pts) - 1:
+        return pts[i][0]
+    (x0, y0), (x1, y1), (x2, y2) = [(math.log(a), b) for a, b in pts[i - 1:i + 2]]
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+    b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denom
+    return math.exp(-b / (2 * a)) if a > 0 else pts[i][0]
+
+
 def lr_column(study: optuna.Study, bs: int) -> dict[float, float | None]:
     out = {}
     for t in study.get_trials(deepcopy=False):
@@ -514,19 +527,23 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          ""]
     # lr check
     moved = res["lr_small"] != res["lr_big"]
+    i_small, i_big = interp_argmin(res["col_small"]), interp_argmin(res["col_big"])
     L += ["### Does the optimum lr move across the ladder?", "",
-          f"Loss at batch size {plan.check_bs}, {fixed}, full length:", "",
-          "| lr | " + " | ".join(f"{lr:g}" for lr in plan.grid_lr) + " | argmin |",
-          "|---|" + "---:|" * (len(plan.grid_lr) + 1)]
-    for n, col, am in ((plan.ladder[0], res["col_small"], res["lr_small"]),
-                       (n_t, res["col_big"], res["lr_big"])):
+          f"Loss at batch size {plan.check_bs}, {fixed}, full length; 'interpolated' is the "
+          "vertex of the parabola through the grid argmin and its two neighbours in log lr:", "",
+          "| lr | " + " | ".join(f"{lr:g}" for lr in plan.grid_lr) + " | argmin | interpolated |",
+          "|---|" + "---:|" * (len(plan.grid_lr) + 2)]
+    for n, col, am, ia in ((plan.ladder[0], res["col_small"], res["lr_small"], i_small),
+                           (n_t, res["col_big"], res["lr_big"], i_big)):
         L.append(f"| N={n:g} | " + " | ".join(
             "div." if col.get(lr) is None else f"{col[lr]:.4f}" for lr in plan.grid_lr)
-            + f" | {am:g} |")
-    L += ["", f"The argmin {'moves' if moved else 'does NOT move'}: "
+            + f" | {am:g} | {ia:.3g} |")
+    L += ["", f"The grid argmin {'moves' if moved else 'does NOT move'}: "
           f"{res['lr_small']:g} at N={plan.ladder[0]:g} -> {res['lr_big']:g} at N={n_t:g} "
           f"({math.log(res['lr_big'] / res['lr_small']):+.2f} in log lr; grid step "
-          f"{math.log(plan.grid_lr[1] / plan.grid_lr[0]):.2f})."
+          f"{math.log(plan.grid_lr[1] / plan.grid_lr[0]):.2f}); interpolated: {i_small:.3g} -> "
+          f"{i_big:.3g} ({math.log(i_big / i_small):+.2f} in log lr; one run per point, so "
+          "this is a noisy estimate)."
           + (" The reference grid's best lr sits on the grid's edge."
              if ref_lr in (min(plan.grid_lr), max(plan.grid_lr)) else ""), ""]
     # per-rung prediction error

@@ -87,8 +87,10 @@ def read_trials(csv: str, space: SearchSpace, renames: list[str] | None) -> pd.D
 
 def law_table(law: ScalingLaw) -> str:
     """A readable table of a law: coefficients with standard errors, evidence, fit quality."""
+    curved = sum(o.curvature is not None for o in law.optima)
     lines = [f"law for space '{law.space_name}'  (prior: {law.provenance.get('prior', '?')}, "
-             f"{len(law.optima)} optima)"]
+             f"{len(law.optima)} optima, {curved} with their bowl's curvature: "
+             "hyperparameters fitted jointly)"]
     for name, s in law.summary().items():
         term = law.terms[name]
         if not s["fitted"]:

@@ -6,11 +6,12 @@ fit such as Step Law's) and are updated by per-scale optima weighted by their un
 The scatter of optima around the law (tau) is unknown; it is integrated over a grid with its
 restricted likelihood, so intervals stay honest with few scales and widen when extrapolating.
 
-All hyperparameters are fitted jointly. Where an optimum carries the curvature of its loss bowl
-(``Optimum.curvature``), its scatter is shaped like the bowl: optima wander along flat valleys
-(e.g. lr rising with batch size), and a miss along a valley costs little loss, so the fit
-weights each miss by the loss it would cost (the bowl's Hessian) rather than per
-hyperparameter in isolation.
+The coefficients of all hyperparameters are fitted jointly. Where an optimum carries the
+curvature of its loss bowl (``Optimum.curvature``), its scatter is shaped like the bowl: optima
+wander along flat valleys (e.g. lr rising with batch size), and a miss along a valley costs
+little loss, so the fit weighs each miss by the loss it would cost (the bowl's Hessian) rather
+than per hyperparameter in isolation. Intervals then use each hyperparameter's own scatter
+around that joint fit.
 """
 
 from __future__ import annotations
@@ -123,7 +124,6 @@ class Term:
     means: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     covs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
     n_obs: int = 0
-    shape: float = 1.0  # this hyperparameter's share of the scatter: its variance is tau^2 shape
 
     @property
     def fitted(self) -> bool:
@@ -144,8 +144,8 @@ class Term:
 
     @property
     def scatter(self) -> float:
-        """Posterior mean of this hyperparameter's std of log-optima around the law."""
-        return float(self.weights @ self.tau) * math.sqrt(self.shape)
+        """Posterior mean of tau, this hyperparameter's std of log-optima around the law."""
+        return float(self.weights @ self.tau)
 
     def check_identifiable(self, x: np.ndarray, name: str) -> None:
         """Without a prior, the optima must pin every coefficient down (and leave a residual)."""
@@ -169,15 +169,13 @@ class Term:
         self.means = np.tile(self.prior.mean, (len(TAU_GRID), 1))
         self.covs = np.tile(self.prior.cov, (len(TAU_GRID), 1, 1))
         self.n_obs = 0
-        self.shape = 1.0
 
     def predict_log(self, scale: dict[str, float], coverage: float,
                     extra_sd: float = 0.0) -> tuple[float, float, float, float]:
         """(center, low, high, sd) of the log-optimum: a Gaussian mixture over tau."""
         f = self.features(scale)
         mu = self.means @ f
-        sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2 * self.shape
-                     + extra_sd**2)
+        sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2 + extra_sd**2)
         sd = np.maximum(sd, 1e-9)
         center = float(self.weights @ mu)
         total_sd = float(np.sqrt(self.weights @ (sd**2 + (mu - center) ** 2)))
@@ -392,12 +390,15 @@ class ScalingLaw:
 
 
 def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> None:
-    """Posterior of all terms' coefficients together, given the optima (one Gaussian per tau).
+    """Posterior of all terms' coefficients together, then each term's own scatter.
 
     Each optimum's log-values y_s = X_s beta + e_s with e_s ~ N(0, diag(sigma_s^2) + tau^2 M_s):
     M_s is the inverse of the optimum's bowl curvature, normalized by the typical curvature of
     all optima, or the identity where the curvature is unknown. Flat prior blocks make the
     likelihood a restricted one (REML); tau gets a half-Cauchy prior and is integrated out.
+    Each term then gets the coefficients' posterior mean and covariance, and a posterior over
+    its own scatter tau_h from its residuals around that fit (REML, same prior): the bowl's
+    shape says how to weigh misses, not how far each hyperparameter's optima stray.
     """
     names = list(terms)
     offs = np.cumsum([0] + [len(t.depends_on) + 1 for t in terms.values()])
@@ -447,20 +448,38 @@ def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> None:
         logl.append(-0.5 * (logdet + quad + np.linalg.slogdet(prec)[1] + d @ p0 @ d))
         means.append(mean)
         covs.append(cov)
-    logpost = np.array(logl) + np.log(_half_cauchy(TAU_GRID, TAU_PRIOR_SCALE))
-    wts = np.exp(logpost - logpost.max()) * _grid_widths(TAU_GRID)
-    wts /= wts.sum()
-    keep = wts > 1e-8
-    means_a, covs_a = np.array(means)[keep], np.array(covs)[keep]
-    for k, term in enumerate(terms.values()):
+    post = _tau_posterior(np.array(logl))
+    means_a, covs_a = np.array(means), np.array(covs)
+    mean = post @ means_a
+    dev = means_a - mean
+    cov = np.einsum("j,jab->ab", post, covs_a) + np.einsum("j,ja,jb->ab", post, dev, dev)
+    for k, (name, term) in enumerate(terms.items()):
+        # each hyperparameter's own scatter around the joint center, for honest intervals
         blk = slice(offs[k], offs[k + 1])
+        mine = [o for o in optima if name in o.values]
+        x = np.array([term.features(o.scale) for o in mine])
+        r = np.array([math.log(o.values[name]) for o in mine]) - x @ mean[blk]
+        s2 = np.array([max(o.sigmas.get(name, 0.0), MIN_SIGMA) ** 2 for o in mine])
+        logl_k = []
+        for t in TAU_GRID:
+            w = 1.0 / (s2 + t * t)
+            info = (x.T * w) @ x + p0[blk, blk]  # REML: the coefficients were estimated
+            logl_k.append(-0.5 * (np.sum(np.log(s2 + t * t)) + r @ (w * r)
+                                  + np.linalg.slogdet(info)[1]))
+        wk = _tau_posterior(np.array(logl_k))
+        keep = wk > 1e-8
         term.tau = TAU_GRID[keep]
-        term.weights = wts[keep] / wts[keep].sum()
-        term.means = means_a[:, blk]
-        term.covs = covs_a[:, blk, blk]
-        diag = [m[r, r] for (idx, *_), m in zip(rows, shapes) for r, j in enumerate(idx) if j == k]
-        term.n_obs = len(diag)
-        term.shape = float(np.mean(diag))
+        term.weights = wk[keep] / wk[keep].sum()
+        term.means = np.tile(mean[blk], (int(keep.sum()), 1))
+        term.covs = np.tile(cov[blk, blk], (int(keep.sum()), 1, 1))
+        term.n_obs = len(mine)
+
+
+def _tau_posterior(logl: np.ndarray) -> np.ndarray:
+    """Normalized weights of the tau grid points from their log-likelihoods (half-Cauchy prior)."""
+    logpost = logl + np.log(_half_cauchy(TAU_GRID, TAU_PRIOR_SCALE))
+    wts = np.exp(logpost - logpost.max()) * _grid_widths(TAU_GRID)
+    return wts / wts.sum()
 
 
 def _clip_shape(m: np.ndarray) -> np.ndarray:
