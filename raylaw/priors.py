@@ -4,7 +4,10 @@ The numbers are the mean and covariance of the 1,000 bootstrap fits the authors 
 (``fitted_lr_bs_bootstrap.csv`` in github.com/step-law/steplaw, folder ``data/``) of
 ``lr = exp(a) N^b_N D^b_D`` and ``bs_tokens = exp(a) D^b_D`` (N: non-embedding parameters,
 D: training tokens). A prior describes someone else's setup, so its intercept gets an extra
-``TRANSFER_SD`` of log-space uncertainty: a user's own sweeps can move it.
+``TRANSFER_SD`` of log-space uncertainty and each exponent an extra ``TRANSFER_EXPONENT_SD``
+(pivoting at the centre of the scales the fit was made from, where the published law is
+best known): published exponents differ between setups, and a user's own sweeps must be able
+to move them, not only the intercept.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from raylaw.errors import RaylawError
 from raylaw.law import Prior
 
 TRANSFER_SD = 1.0  # log-space std added to the intercept: "your setup is not theirs"
+TRANSFER_EXPONENT_SD = 0.1  # std added to each exponent, for the same reason
 
 STEPLAW = {
+    # geometric centre of the 17 dense (N, D) scales the published fit was made from
+    "pivot": {"N": 3.78e8, "D": 2.22e10},
     "lr": {
         "depends_on": ("N", "D"),
         "mean": [0.586308, -0.712922, 0.307491],
@@ -38,7 +44,8 @@ PRIORS = {"steplaw": STEPLAW}
 ROLES = {"lr": "lr", "learning_rate": "lr", "bs": "batch_size", "batch_size": "batch_size"}
 
 
-def prior_for(prior: str, name: str, hp: Any, transfer_sd: float = TRANSFER_SD) -> Prior | None:
+def prior_for(prior: str, name: str, hp: Any, transfer_sd: float = TRANSFER_SD,
+              exponent_sd: float = TRANSFER_EXPONENT_SD) -> Prior | None:
     """The named published prior for governed hyperparameter ``hp``, in the space's units.
 
     Returns None when the prior has no law for this hyperparameter's role or scale variables.
@@ -59,4 +66,9 @@ def prior_for(prior: str, name: str, hp: Any, transfer_sd: float = TRANSFER_SD) 
         elif hp.units != "tokens":
             return None
     cov[0, 0] += transfer_sd**2
-    return Prior(mean, cov, f"{prior} (transfer sd {transfer_sd:g})")
+    # exponent uncertainty pivoting at the fit's own scales: log h = a' + b (log x - log pivot)
+    pivot = np.array([math.log(PRIORS[prior]["pivot"][k]) for k in hp.depends_on])
+    jac = np.vstack([-pivot, np.eye(len(pivot))])
+    cov += exponent_sd**2 * jac @ jac.T
+    return Prior(mean, cov, f"{prior} (transfer sd {transfer_sd:g} on the intercept, "
+                 f"{exponent_sd:g} on exponents)")
