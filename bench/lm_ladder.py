@@ -1,8 +1,10 @@
 """A scale ladder on the built-in byte-level LM (CPU): law accuracy and tuning cost at the top.
 
 Run ``python bench/lm_ladder.py`` (full: N = 1.25e4..1e5 at D = 20 N, sized for < 2 h on 2
-cores) or ``--quick`` (the same ladder at D = 10 N, about half the time). ``--report-from DIR``
-rebuilds the report from the stores of a finished run's ``--out DIR`` without training.
+cores) or ``--quick`` (the same ladder at D = 10 N, about half the time). ``--report-from DIR
+[DIR ...]`` rebuilds the report from the stores of finished runs' ``--out DIR`` without
+training: the first in detail, and one row per run (e.g. other ``--seed`` values) in a table of
+replicates.
 
 Protocol (every trial: ``raylaw.trainables.lm:train`` on Ray Tune, 1 CPU and ``threads=1`` per
 trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 10 N (quick)):
@@ -95,6 +97,7 @@ class Plan:
                                                              "warmup": 0.05})
     eval_every: int = 16
     eval_tokens: int = 2**15
+    seed: int = 0  # the trials' own seed (initialization, data order); --seed sets it
 
 
 def _geom(lo: float, hi: float, n: int) -> list[float]:
@@ -114,7 +117,8 @@ QUICK = Plan("quick", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=10.0,
 
 # ------------------------------------------------------------------------------ Tune plumbing
 def constants(plan: Plan) -> dict[str, Any]:
-    return {"threads": 1, "eval_every": plan.eval_every, "eval_tokens": plan.eval_tokens}
+    return {"threads": 1, "eval_every": plan.eval_every, "eval_tokens": plan.eval_tokens,
+            "seed": plan.seed}
 
 
 def scale_of(plan: Plan, n: float) -> dict[str, float]:
@@ -693,11 +697,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "lm_ladder.png")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--report-from", type=Path, default=None, metavar="DIR",
-                        help="train nothing: rebuild the report from the --out DIR of a "
-                        "finished run (same --quick flag as that run)")
+    parser.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="train nothing: rebuild the report from the --out DIR of finished "
+                        "runs (same --quick flag as those runs); the first in detail, all as "
+                        "replicates")
     args = parser.parse_args()
-    plan = dataclasses.replace(SMOKE if args.smoke else QUICK if args.quick else FULL)
+    plan = dataclasses.replace(SMOKE if args.smoke else QUICK if args.quick else FULL,
+                               seed=args.seed)
     if args.report_from is not None:
         return report_from(args, plan)
     out = Path(args.out or tempfile.mkdtemp(prefix="raylaw-lm-ladder-")).resolve()
@@ -725,29 +731,79 @@ def main() -> None:
     command = " ".join(["python bench/lm_ladder.py", *sys.argv[1:]])
     load = (load0, os.getloadavg()[0])
     atomic_write_text(out / "run.json", json.dumps({"command": command, "wall": wall,
-                                                    "load": load, "plan": plan.name}))
+                                                    "load": load, "plan": plan.name,
+                                                    "seed": args.seed}))
     write_report(args, res, command, wall, load)
     print(f"wall time {wall / 60:.1f} min; stores in {out}")
 
 
 def report_from(args: argparse.Namespace, plan: Plan) -> None:
-    out = args.report_from.resolve()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    res = load_run(plan, out)
-    meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    if meta.get("plan", plan.name) != plan.name:
-        raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
-    command = meta.get("command") or (f"python bench/lm_ladder.py{' --quick' * args.quick} "
-                                      f"--out {out}")
-    wall = meta.get("wall") or sum(res["wall"].values())
-    note = f"Report rebuilt from that run's stores with `--report-from {out}` (no training).  "
-    write_report(args, res, command, wall, meta.get("load"), note)
+    runs = []
+    for out in (d.resolve() for d in args.report_from):
+        res = load_run(plan, out)
+        meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+        if meta.get("plan", plan.name) != plan.name:
+            raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
+        meta.setdefault("command", f"python bench/lm_ladder.py{' --quick' * args.quick} "
+                                   f"--out {out}")
+        meta.setdefault("wall", sum(res["wall"].values()))
+        runs.append((out, res, meta))
+    out, res, meta = runs[0]
+    note = (f"Report rebuilt from the runs' stores with `--report-from "
+            f"{' '.join(str(o) for o, _, _ in runs)}` (no training); the sections above the "
+            "replicates table are the first run.  ")
+    write_report(args, res, meta["command"], meta["wall"], meta.get("load"), note,
+                 [(m, r) for _, r, m in runs] if len(runs) > 1 else None)
+
+
+def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
+    """One row per run: its seed, target, costs and ratios, and the law's error at the target."""
+    L = ["### Replicates", "",
+         "Each row is a whole run of the protocol (reference grid, ladder, baselines) with "
+         "another `--seed`: the samplers' seeds and the trials' own seed (initialization, data "
+         "order); seed 0 is the trainable's default.", "",
+         "| run | L* | 1.005 L* | (a) tokens to target | (b) | (c) | (b)/(a) | (c)/(a) | "
+         "(c)/(a) incl. ladder, N-weighted | law lr log err at target | law bs log err |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    met = {"b": 0, "c": 0}
+    for meta, res in runs:
+        s = summarize(res)
+        rows = s["rows"]
+        cells = []
+        for key in ("b", "c"):
+            txt, val = ratio_text(rows, key, "a")
+            met[key] += val is not None and val >= (3.0 if key == "b" else 5.0)
+            cells.append(txt.split(" (")[0])
+        w_txt = ratio_text(rows, "c", "a", "incl_w")[0].split(" (")[0]
+        last = res["rungs"][-1]
+        found = last["result"].optimum.values if last["result"].optimum else {}
+        errs = [f"{math.log(found[h] / last['pred'][h].center):+.2f}"
+                if h in found and h in last["pred"] else "-" for h in ("lr", "batch_size")]
+        seed = meta.get("seed", _seed_of(meta.get("command", "")))
+        L.append(f"| seed {seed} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
+                 f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
+                 f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
+                 f"{errs[0]} | {errs[1]} |")
+    n = len(runs)
+    L += ["", f"(b)/(a) >= 3x in {met['b']} of {n} runs; (c)/(a) >= 5x in {met['c']} of {n} "
+          "runs ('never' = the baseline spent its whole allowance without reaching the target, "
+          "so its ratio is at least the one shown).", ""]
+    return L
+
+
+def _seed_of(command: str) -> str:
+    parts = command.split()
+    return parts[parts.index("--seed") + 1] if "--seed" in parts[:-1] else "0"
 
 
 def write_report(args: argparse.Namespace, res: dict[str, Any], command: str, wall: float,
-                 load: tuple[float, float] | None, note: str = "") -> None:
+                 load: tuple[float, float] | None, note: str = "",
+                 runs: list[tuple[dict, dict[str, Any]]] | None = None) -> None:
     s = summarize(res)
     text = section(res, s, command, wall, load, note)
+    if runs:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(replicates(runs))
     print("\n" + text)
     if not args.no_write:
         plot(res, s, args.plot)
