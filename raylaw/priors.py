@@ -21,7 +21,7 @@ from raylaw.errors import RaylawError
 from raylaw.law import Prior
 
 TRANSFER_SD = 1.0  # log-space std added to the intercept: "your setup is not theirs"
-TRANSFER_EXPONENT_SD = 0.1  # std added to each exponent, for the same reason
+TRANSFER_EXPONENT_SD = 0.2  # std added to each exponent, for the same reason
 
 STEPLAW = {
     # geometric centre of the 17 dense (N, D) scales the published fit was made from

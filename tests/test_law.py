@@ -120,6 +120,20 @@ def test_prior_alone_predicts_and_evidence_moves_it():
     assert "bs" in law.predict({"N": 1e9, "D": 2e10})  # bs keeps its prior-only prediction
 
 
+def test_sweeps_move_the_priors_exponents_not_only_its_intercept():
+    """A setup whose batch size grows as D^0.2 (published: D^0.571): four sweeps over two decades
+    of D pull the prior's exponent most of the way, and the interval covers the truth."""
+    def bs(d: float) -> float:
+        return 3.0 * (d / 1e6) ** 0.2
+
+    obs = [Optimum({"N": d / 20, "D": d}, {"bs": bs(d)}, {"bs": 0.1})
+           for d in (2.5e5, 1e6, 4e6, 1.6e7)]
+    law = ScalingLaw.for_space(SPACE, prior="steplaw").fit(obs)
+    assert law.summary()["bs"]["coef"]["b_D"] < 0.35
+    p = law.predict({"N": 3.2e6, "D": 6.4e7})["bs"]
+    assert p.low < bs(6.4e7) < p.high
+
+
 def test_too_few_scales_without_prior_says_how_many():
     with pytest.raises(RaylawError, match="at least 4 scales"):
         ScalingLaw.for_space(SPACE, prior=None).fit(synthetic_optima(3, 0.1))
