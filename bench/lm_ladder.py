@@ -552,9 +552,9 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
              if ref_lr in (min(plan.grid_lr), max(plan.grid_lr)) else ""), ""]
     # per-rung prediction error
     L += ["### Law prediction at each new scale", "",
-          "Predicted = the law fitted on the rungs before (rung 1: the steplaw prior alone, "
-          "transfer sd 1); found = `extract_optimum` of that rung's raylaw sweep. Log error = "
-          "ln(found / predicted).", "",
+          "Predicted = the law fitted on the rungs before (rung 1: the steplaw prior alone, with "
+          "its transfer uncertainty); found = `extract_optimum` of that rung's raylaw sweep. "
+          "Log error = ln(found / predicted).", "",
           "| N | D | pred. lr [90% interval] | found lr | log err | inside | pred. bs "
           "[90% interval] | found bs | log err | inside | trials (done/stopped/other) | "
           "tokens | best loss |",
