@@ -1,7 +1,7 @@
 """A scale ladder on the built-in byte-level LM (CPU): law accuracy and tuning cost at the top.
 
-Run ``python bench/lm_ladder.py`` (full: N = 1.25e4..1e5 at D = 20 N, sized for < 2 h on 2
-cores) or ``--quick`` (the same ladder at D = 10 N, about half the time). ``--report-from DIR
+Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N; 26-32 min per
+seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, about half the tokens). ``--report-from DIR
 [DIR ...]`` rebuilds the report from the stores of finished runs' ``--out DIR`` without
 training: the first in detail, and one row per run (e.g. other ``--seed`` values) in a table of
 replicates.
