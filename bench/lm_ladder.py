@@ -1,10 +1,10 @@
 """A scale ladder on the built-in byte-level LM (CPU): law accuracy and tuning cost at the top.
 
-Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N; 26-32 min per
-seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, about half the tokens). ``--report-from DIR
-[DIR ...]`` rebuilds the report from the stores of finished runs' ``--out DIR`` without
-training: the first in detail, and one row per run (e.g. other ``--seed`` values) in a table of
-replicates.
+Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N; about half an
+hour per seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, about half the tokens).
+``--report-from DIR [DIR ...]`` rebuilds the report from the stores of finished runs'
+``--out DIR`` without training: the first in detail, and one row per run (e.g. other ``--seed``
+values) in a table of replicates.
 
 Protocol (every trial: ``raylaw.trainables.lm:train`` on Ray Tune, 1 CPU and ``threads=1`` per
 trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 10 N (quick)):
@@ -16,8 +16,10 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
 1. Reference: an exhaustive wide grid at the target (largest) scale, lr x batch size, full
    length, no early stopping (weight decay and warmup fixed). Its best loss L* defines the
    target: a full-length trial with final loss <= 1.005 L*.
-2. (a) raylaw: ``run_sweep`` on each rung, smallest first; the law (steplaw prior) is refitted
-   after each rung, so each rung's sweep is narrowed by the law of the rungs before
+2. (a) raylaw: ``run_sweep`` on each rung, smallest first (``target_samples`` trials at the
+   target, enough to run until it reaches the target: only the trials finished by then count);
+   the law (steplaw prior) is refitted after each rung, so each rung's sweep is narrowed by the
+   law of the rungs before
    (``LawSampler`` + ASHA on tokens). Reported per rung: the law's predicted lr and batch size
    (center, 90% interval) against the optimum the sweep found (``extract_optimum``).
 3. (b) ASHA over the full space: ``LawSearch`` over an Optuna study with a ``RandomSampler``
@@ -88,7 +90,9 @@ class Plan:
     ladder: list[float]  # N of each rung, smallest first; the last is the target scale
     tokens_per_param: float = 20.0
     rung_samples: int = 10  # raylaw trials per smaller rung
-    target_samples: int = 12  # raylaw trials at the target scale
+    # raylaw trials at the target scale: enough that, like the baselines, it runs until it
+    # reaches the target (its cost counts only the trials finished up to that point)
+    target_samples: int = 30
     max_samples: int = 200  # (b) and (c): a cap; they end at the target or their allowance
     grid_lr: list[float] = field(default_factory=list)  # reference grid, also the lr check
     grid_bs: list[int] = field(default_factory=list)
@@ -105,13 +109,13 @@ def _geom(lo: float, hi: float, n: int) -> list[float]:
 
 
 FULL = Plan("full", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=20.0, rung_samples=10,
-            target_samples=12, grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[4, 8, 16],
+            target_samples=30, grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[4, 8, 16],
             check_bs=8)  # the quick run's best trials had bs 5-10
 SMOKE = Plan("smoke", ladder=[3e3, 1.25e4], tokens_per_param=4, rung_samples=3,
              target_samples=3, max_samples=6, grid_lr=[3e-3, 1e-2], grid_bs=[8], check_bs=8,
              eval_every=4, eval_tokens=2**12)
 QUICK = Plan("quick", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=10.0,
-             rung_samples=8, target_samples=10, grid_lr=_geom(2e-3, 3.2e-2, 5),
+             rung_samples=8, target_samples=24, grid_lr=_geom(2e-3, 3.2e-2, 5),
              grid_bs=[8, 24], check_bs=8)
 
 
