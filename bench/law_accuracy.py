@@ -290,8 +290,8 @@ def section(ms: list[Method], scores: list[Score], data: Data, command: str) -> 
         "fit inside each LOSO fold is. The published formula "
         "(lr = 1.79 N^-0.713 D^0.307, bs = 0.58 D^0.571 tokens) was fitted on all of this data, "
         "so every column of row 3 is in-sample; the prior of row 2 is the mean and covariance of "
-        "the authors' bootstrap fits to this same data (intercept widened), so row 2 is not "
-        "cleanly out-of-sample either. Row 5 is a variant, not the shipped space.",
+        "the authors' bootstrap fits to this same data (intercept and exponents widened), so "
+        "row 2 is not cleanly out-of-sample either. Row 5 is a variant, not the shipped space.",
         "",
         *tables(ms, scores, data),
         "",
