@@ -25,7 +25,8 @@ def bowl(config: dict) -> None:
     for i in range(1, reports + 1):
         tokens = d * i / reports
         time.sleep(float(config.get("sleep", 0.0)))
-        if config.get("diverge_above") is not None and lr > config["diverge_above"] and i == 2:
+        # diverge at the first report, before ASHA can stop the trial for its (bad) loss
+        if config.get("diverge_above") is not None and lr > config["diverge_above"]:
             tune.report({"loss": 1e6, "tokens": tokens, "diverged": True})
             return
         tune.report({"loss": final + 1.0 / i, "tokens": tokens, "diverged": False})
