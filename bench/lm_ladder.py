@@ -701,6 +701,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "lm_ladder.png")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--note", default="", help="a sentence for the report's header (e.g. "
+                        "about earlier runs)")
     parser.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="DIR",
                         help="train nothing: rebuild the report from the --out DIR of finished "
                         "runs (same --quick flag as those runs); the first in detail, all as "
@@ -754,9 +756,12 @@ def report_from(args: argparse.Namespace, plan: Plan) -> None:
         meta.setdefault("wall", sum(res["wall"].values()))
         runs.append((out, res, meta))
     out, res, meta = runs[0]
-    note = (f"Report rebuilt from the runs' stores with `--report-from "
-            f"{' '.join(str(o) for o, _, _ in runs)}` (no training); the sections above the "
-            "replicates table are the first run.  ")
+    note = (f"Report rebuilt from the stores with `--report-from "
+            f"{' '.join(str(o) for o, _, _ in runs)}` (no training)"
+            + ("; the sections above the replicates table are the first run.  "
+               if len(runs) > 1 else ".  "))
+    if args.note:
+        note += args.note.rstrip() + "  "
     write_report(args, res, meta["command"], meta["wall"], meta.get("load"), note,
                  [(m, r) for _, r, m in runs] if len(runs) > 1 else None)
 
