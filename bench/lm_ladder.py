@@ -488,7 +488,7 @@ def ratio_text(rows: dict, num: str, den: str, field_: str = "cost") -> tuple[st
         return "n/a ((a) never reached the target)", None
     if n is None:
         lb = rows[num]["total"] / d
-        return f">= {lb:.2f}x (({num}) never reached it: its whole budget)", lb
+        return f">= {lb:.2f}x (({num}) never reached it: all the tokens it trained)", lb
     return f"{n / d:.2f}x", n / d
 
 
@@ -701,6 +701,9 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "lm_ladder.png")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--resume-tpe", type=Path, default=None, metavar="DIR",
+                        help="continue baseline (c) of the finished run in DIR when it ended "
+                        "before reaching the target or spending its allowance")
     parser.add_argument("--note", default="", help="a sentence for the report's header (e.g. "
                         "about earlier runs)")
     parser.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="DIR",
@@ -712,6 +715,8 @@ def main() -> None:
                                seed=args.seed)
     if args.report_from is not None:
         return report_from(args, plan)
+    if args.resume_tpe is not None:
+        return resume_tpe(plan, args.resume_tpe.resolve(), args.seed)
     out = Path(args.out or tempfile.mkdtemp(prefix="raylaw-lm-ladder-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("*.db")):
@@ -741,6 +746,49 @@ def main() -> None:
                                                     "seed": args.seed}))
     write_report(args, res, command, wall, load)
     print(f"wall time {wall / 60:.1f} min; stores in {out}")
+
+
+def resume_tpe(plan: Plan, out: Path, seed: int) -> None:
+    """Continue baseline (c) of a finished run until the target or the rest of its allowance.
+
+    A Tune run can end before its stopper says so; (c) has no scheduler state to rebuild, so
+    it can simply go on in the same study (its sampler sees every earlier trial). Baseline (b)
+    is not resumed: ASHA's rungs would have to be rebuilt first.
+    """
+    space = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    allowance = json.loads((out / "allowance.json").read_text())
+    ref = optuna.load_study(study_name="reference",
+                            storage=open_store(f"sqlite:///{out / 'reference.db'}"))
+    target_loss = grid_argmin(ref)[2] * (1 + TOL)
+    study = optuna.load_study(
+        study_name="tpe-full", storage=open_store(f"sqlite:///{out / 'baselines.db'}"),
+        sampler=optuna.samplers.TPESampler(seed=seed + 1, multivariate=True,
+                                           n_startup_trials=4))
+    spent = max(curve(study).total, allowance.get("c_spent", 0.0))
+    if curve(study).cost_to(target_loss)[0] is not None or spent >= allowance["c"]:
+        print(f"(c) in {out} needs nothing more (spent {spent / 1e6:.2f}M)")
+        return
+    scale = scale_of(plan, plan.ladder[-1])
+    stop = UntilTarget(space, scale[space.budget], target_loss, allowance["c"])
+    stop.tokens["earlier runs"] = spent
+    loopback_ray_env(None)
+    init_ray(None)
+    t0 = time.time()
+    try:
+        tune_study(study, space, scale, space.optuna_distributions(), constants(plan),
+                   plan.max_samples, asha=False, results=out / "results", stopper=stop)
+    finally:
+        import ray
+
+        ray.shutdown()
+    allowance["c_spent"] = stop.spent
+    atomic_write_text(out / "allowance.json", json.dumps(allowance))
+    wall = json.loads((out / "wall.json").read_text())
+    wall["(c) resumed"] = time.time() - t0
+    atomic_write_text(out / "wall.json", json.dumps(wall))
+    print(f"(c) resumed: spent {stop.spent / 1e6:.2f}M of {allowance['c'] / 1e6:.2f}M; "
+          f"best {curve(study).best()}")
 
 
 def report_from(args: argparse.Namespace, plan: Plan) -> None:
