@@ -72,7 +72,7 @@ from ray.tune.stopper import Stopper  # noqa: E402
 
 from raylaw import SearchSpace  # noqa: E402
 from raylaw.files import atomic_write_text  # noqa: E402
-from raylaw.optuna import trials_frame  # noqa: E402
+from raylaw.optuna import STATUS_ATTR, trials_frame  # noqa: E402
 from raylaw.store import open_store  # noqa: E402
 from raylaw.sweep import SweepConfig, init_ray, load_law, loopback_ray_env, run_sweep  # noqa: E402
 
@@ -141,6 +141,7 @@ class UntilTarget(Stopper):
         self.space, self.budget, self.target, self.max_tokens = space, budget, target, max_tokens
         self.tokens: dict[str, float] = {}
         self.reached = False
+        self.hit: tuple[str, float, float] | None = None  # (Tune trial id, tokens, loss)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         t = float(result.get(self.space.fidelity) or 0.0)
@@ -149,6 +150,7 @@ class UntilTarget(Stopper):
         if (t >= self.budget and value is not None and not result.get("diverged")
                 and math.isfinite(value) and value <= self.target):
             self.reached = True
+            self.hit = self.hit or (trial_id, t, float(value))
         return False
 
     def stop_all(self) -> bool:
@@ -157,6 +159,26 @@ class UntilTarget(Stopper):
     @property
     def spent(self) -> float:
         return float(sum(self.tokens.values()))
+
+
+def record_cut_off(study: optuna.Study, stop: UntilTarget) -> None:
+    """Record the trial whose final report reached the target as completed.
+
+    ``UntilTarget`` ends the Tune run on that trial's final report, so Tune stops it before it
+    returns and the study still holds it as RUNNING, maybe without that report. It is told
+    COMPLETE with the loss the stopper saw (so it counts, after every trial told before it);
+    the other trial cut off mid-run stays RUNNING and is not counted.
+    """
+    from raylaw.search import RAY_TRIAL_ATTR
+
+    if stop.hit is None:
+        return
+    trial_id, tokens, value = stop.hit
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(RAY_TRIAL_ATTR) == trial_id:
+            study._storage.set_trial_user_attr(t._trial_id, "fidelity", float(tokens))
+            study._storage.set_trial_user_attr(t._trial_id, STATUS_ATTR, "completed")
+            study.tell(t.number, value)
 
 
 def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
@@ -374,6 +396,7 @@ def run(plan: Plan, out: Path, seed: int) -> dict[str, Any]:
         stop = UntilTarget(space, target[space.budget], target_loss, allowance)
         tune_study(st, space, target, full, constants(plan), plan.max_samples, asha=asha,
                    results=results, stopper=stop)
+        record_cut_off(st, stop)
         res[key] = curve(st)
         res["allowance"][f"{key}_spent"] = stop.spent  # incl. trials cut off when it ended
         atomic_write_text(out / "allowance.json", json.dumps(res["allowance"]))
@@ -701,9 +724,6 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "lm_ladder.png")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--resume-tpe", type=Path, default=None, metavar="DIR",
-                        help="continue baseline (c) of the finished run in DIR when it ended "
-                        "before reaching the target or spending its allowance")
     parser.add_argument("--note", default="", help="a sentence for the report's header (e.g. "
                         "about earlier runs)")
     parser.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="DIR",
@@ -715,8 +735,6 @@ def main() -> None:
                                seed=args.seed)
     if args.report_from is not None:
         return report_from(args, plan)
-    if args.resume_tpe is not None:
-        return resume_tpe(plan, args.resume_tpe.resolve(), args.seed)
     out = Path(args.out or tempfile.mkdtemp(prefix="raylaw-lm-ladder-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("*.db")):
@@ -746,49 +764,6 @@ def main() -> None:
                                                     "seed": args.seed}))
     write_report(args, res, command, wall, load)
     print(f"wall time {wall / 60:.1f} min; stores in {out}")
-
-
-def resume_tpe(plan: Plan, out: Path, seed: int) -> None:
-    """Continue baseline (c) of a finished run until the target or the rest of its allowance.
-
-    A Tune run can end before its stopper says so; (c) has no scheduler state to rebuild, so
-    it can simply go on in the same study (its sampler sees every earlier trial). Baseline (b)
-    is not resumed: ASHA's rungs would have to be rebuilt first.
-    """
-    space = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    allowance = json.loads((out / "allowance.json").read_text())
-    ref = optuna.load_study(study_name="reference",
-                            storage=open_store(f"sqlite:///{out / 'reference.db'}"))
-    target_loss = grid_argmin(ref)[2] * (1 + TOL)
-    study = optuna.load_study(
-        study_name="tpe-full", storage=open_store(f"sqlite:///{out / 'baselines.db'}"),
-        sampler=optuna.samplers.TPESampler(seed=seed + 1, multivariate=True,
-                                           n_startup_trials=4))
-    spent = max(curve(study).total, allowance.get("c_spent", 0.0))
-    if curve(study).cost_to(target_loss)[0] is not None or spent >= allowance["c"]:
-        print(f"(c) in {out} needs nothing more (spent {spent / 1e6:.2f}M)")
-        return
-    scale = scale_of(plan, plan.ladder[-1])
-    stop = UntilTarget(space, scale[space.budget], target_loss, allowance["c"])
-    stop.tokens["earlier runs"] = spent
-    loopback_ray_env(None)
-    init_ray(None)
-    t0 = time.time()
-    try:
-        tune_study(study, space, scale, space.optuna_distributions(), constants(plan),
-                   plan.max_samples, asha=False, results=out / "results", stopper=stop)
-    finally:
-        import ray
-
-        ray.shutdown()
-    allowance["c_spent"] = stop.spent
-    atomic_write_text(out / "allowance.json", json.dumps(allowance))
-    wall = json.loads((out / "wall.json").read_text())
-    wall["(c) resumed"] = time.time() - t0
-    atomic_write_text(out / "wall.json", json.dumps(wall))
-    print(f"(c) resumed: spent {stop.spent / 1e6:.2f}M of {allowance['c'] / 1e6:.2f}M; "
-          f"best {curve(study).best()}")
 
 
 def report_from(args: argparse.Namespace, plan: Plan) -> None:
