@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +74,17 @@ class ScriptCluster:
             env=self.env, capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         return [int(p) for p in r.stdout.split()]
+
+    def tear_down(self, extra: Callable[[], list[int]] = list) -> None:
+        """stop_local.sh --clean; then SIGKILL whatever of this cluster (and ``extra()``, pids
+        found after the stop) is left, remove its dir, and fail if anything had to be killed."""
+        subprocess.run([str(CLUSTER / "stop_local.sh"), "--clean"], env=self.env,
+                       capture_output=True, text=True, timeout=150)
+        left = self.pids("head") + self.pids("worker") + extra()
+        for pid in left:  # last resort, only this cluster's own processes
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+        assert not left, f"processes left after stop_local.sh: {left}"

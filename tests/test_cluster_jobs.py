@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -38,7 +37,6 @@ from pathlib import Path
 import pytest
 
 from tests.cluster_util import (
-    CLUSTER,
     CLUSTER_MARKS,
     ScriptCluster,
     free_ports,
@@ -148,18 +146,9 @@ def cluster():
     finally:
         for sid in c.jobs:
             c.stop_job(sid)
-        subprocess.run([str(CLUSTER / "stop_local.sh"), "--clean"], env=env,
-                       capture_output=True, text=True, timeout=150)
-        left = c.pids("head") + c.pids("worker") + processes_naming(str(base))
-        for store in c.jobs.values():  # job drivers, which name their store
-            left += processes_naming(store)
-        for pid in left:  # last resort, only this cluster's own processes
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(base, ignore_errors=True)
-        assert not left, f"processes left after stop_local.sh: {left}"
+        # besides the nodes: processes naming the cluster dir, and job drivers naming their store
+        c.tear_down(lambda: processes_naming(str(base)) + [
+            pid for store in c.jobs.values() for pid in processes_naming(store)])
 
 
 def sweep_args(tmp: Path, *extra: str, samples: int) -> list[str]:

@@ -16,7 +16,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from pathlib import Path
 import pytest
 
 from tests.cluster_util import (
-    CLUSTER,
     CLUSTER_MARKS,
     ScriptCluster,
     free_ports,
@@ -92,16 +90,7 @@ def cluster():
         c.client_env = dict(env, **read_env_sh(base / "env.sh"))
         yield c
     finally:
-        subprocess.run([str(CLUSTER / "stop_local.sh"), "--clean"], env=env,
-                       capture_output=True, text=True, timeout=150)
-        left = c.pids("head") + c.pids("worker")
-        for pid in left:  # last resort, only this cluster's own processes
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(base, ignore_errors=True)
-        assert not left, f"processes left after stop_local.sh: {left}"
+        c.tear_down()
 
 
 def test_two_nodes_two_logical_gpus(cluster):
