@@ -1,7 +1,8 @@
 """A scale ladder on the built-in byte-level LM (CPU): law accuracy and tuning cost at the top.
 
-Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N; about half an
-hour per seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, about half the tokens).
+Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N; under an hour
+per seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, half the tokens).
+``--reference-from DIR`` reuses the reference grid of an earlier run with the same plan and seed.
 ``--report-from DIR [DIR ...]`` rebuilds the report from the stores of finished runs'
 ``--out DIR`` without training: the first in detail, and one row per run (e.g. other ``--seed``
 values) in a table of replicates.
@@ -27,7 +28,8 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
    same ``ASHAScheduler`` settings ``run_sweep`` uses (grace D/9, reduction factor 3).
 4. (c) Optuna TPE over the full space without early stopping: ``LawSearch`` over a study with
    ``TPESampler(multivariate=True, n_startup_trials=4)`` (the base sampler ``LawSampler`` uses),
-   no scheduler.
+   no scheduler. Its sampler seed is ``--seed`` + 1: with the same seed as (b)'s
+   ``RandomSampler``, its random startup trials were (b)'s first trials.
    (b) and (c) run until a full-length trial reaches the target, or until they have spent
    ALLOWANCE x their goal ratio (3 or 5) x (a)'s cost in tokens (``UntilTarget``): a baseline
    that stops on its allowance cost more than its goal, so the target is decided either way.
@@ -108,9 +110,13 @@ def _geom(lo: float, hi: float, n: int) -> list[float]:
     return [float(f"{lo * (hi / lo) ** (i / (n - 1)):.3g}") for i in range(n)]
 
 
+# D = 20 N. At the target scale the final loss of one configuration varies across the trials'
+# seed by 0.85% (sd of 4 seeds at lr 0.008, bs 8), more than the 0.5% target; at D = 40 N it
+# was 0.45%, but there the grid's best moved to bs 4 (the space's floor) and sat 1.2% below
+# its neighbours; raylaw's best was 1.5537 and 1.5552 against a target of 1.5451 in two tries.
 FULL = Plan("full", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=20.0, rung_samples=10,
             target_samples=30, grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[4, 8, 16],
-            check_bs=8)  # the quick run's best trials had bs 5-10
+            check_bs=8)
 SMOKE = Plan("smoke", ladder=[3e3, 1.25e4], tokens_per_param=4, rung_samples=3,
              target_samples=3, max_samples=6, grid_lr=[3e-3, 1e-2], grid_bs=[8], check_bs=8,
              eval_every=4, eval_tokens=2**12)
@@ -307,10 +313,39 @@ def lr_column(study: optuna.Study, bs: int) -> dict[float, float | None]:
 
 
 # -------------------------------------------------------------------------------------- main
-def run(plan: Plan, out: Path, seed: int) -> dict[str, Any]:
+def reuse_reference(src: Path, out: Path, plan: Plan) -> None:
+    """Copy the lr check and reference grid of an earlier run (same plan and seed) into ``out``.
+
+    The grid fixes every hyperparameter it does not sweep, so it depends only on the plan, the
+    trainable and the seed; reusing it saves a third of a full run when only the methods change.
+    """
+    import shutil
+
+    db = src / "reference.db"
+    if not db.exists():
+        raise SystemExit(f"--reference-from {src}: no reference.db there")
+    meta = json.loads((src / "run.json").read_text()) if (src / "run.json").exists() else {}
+    if meta.get("seed", plan.seed) != plan.seed:
+        raise SystemExit(f"--reference-from {src}: that run used --seed {meta['seed']}, "
+                         f"this one --seed {plan.seed}")
+    storage = open_store(f"sqlite:///{db}")
+    d = plan.tokens_per_param * plan.ladder[-1]
+    for name, want in (("check", plan.tokens_per_param * plan.ladder[0]), ("reference", d)):
+        done = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))]
+        seen = max((max(t.intermediate_values, default=0) for t in done), default=0)
+        if not want <= seen <= want * 1.01:
+            raise SystemExit(f"--reference-from {src}: study '{name}' trained {seen:g} tokens "
+                             f"per trial, this plan needs {want:g}")
+    shutil.copyfile(db, out / "reference.db")
+
+
+def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None) -> dict[str, Any]:
     space = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml")
     results = out / "results"
     law_path = out / "lm.law.json"
+    if reference_from is not None:  # before the store is opened: the copy replaces it
+        reuse_reference(reference_from, out, plan)
     ref_storage = open_store(f"sqlite:///{out / 'reference.db'}")
     base_storage = open_store(f"sqlite:///{out / 'baselines.db'}")
     small, target = scale_of(plan, plan.ladder[0]), scale_of(plan, plan.ladder[-1])
@@ -324,15 +359,17 @@ def run(plan: Plan, out: Path, seed: int) -> dict[str, Any]:
 
     # 0 + 1: lr check at the smallest N; reference grid at the target scale
     t0 = time.time()
-    check = grid_study(ref_storage, "check", space, small, plan, plan.grid_lr, [plan.check_bs],
-                       results)
+    grid = grid_study
+    if reference_from is not None:
+        def grid(storage: Any, name: str, *_: Any) -> optuna.Study:
+            return optuna.load_study(study_name=name, storage=storage)
+    check = grid(ref_storage, "check", space, small, plan, plan.grid_lr, [plan.check_bs], results)
     col_small = lr_column(check, plan.check_bs)
     print(f"lr check at N={small['N']:g}: " + ", ".join(
         f"{lr:g}:{'-' if v is None else f'{v:.4f}'}" for lr, v in col_small.items()), flush=True)
     phase("lr check (smallest N)", t0)
     t0 = time.time()
-    ref = grid_study(ref_storage, "reference", space, target, plan, plan.grid_lr, plan.grid_bs,
-                     results)
+    ref = grid(ref_storage, "reference", space, target, plan, plan.grid_lr, plan.grid_bs, results)
     phase("reference grid (target N)", t0)
     col_big = lr_column(ref, plan.check_bs)
     lr_small = grid_argmin(check)[0]
@@ -384,7 +421,7 @@ def run(plan: Plan, out: Path, seed: int) -> dict[str, Any]:
             ("b", 3.0, "asha-full", optuna.samplers.RandomSampler(seed=seed), True,
              "(b) ASHA, full space"),
             ("c", 5.0, "tpe-full", optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, n_startup_trials=4), False,
+                seed=seed + 1, multivariate=True, n_startup_trials=4), False,
              "(c) TPE, full space, no early stopping")):
         t0 = time.time()
         allowance = ALLOWANCE * goal * cost_a
@@ -641,11 +678,39 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
             verdict = "**undetermined** (lower bound only)"
         L.append(f"- ({num}) / (a) >= {goal:g}x: {txt} -> {verdict}; including the ladder: "
                  f"{txt_raw} raw, {txt_w} N-weighted.")
+    L += looser(rows, res["ref"][2])
     L += ["", "![Best full-length loss against cumulative tokens at the target scale]"
           "(bench/lm_ladder.png)", ""]
     walls = "; ".join(f"{k} {v / 60:.1f} min" for k, v in res["wall"].items())
     L += [f"Wall time by phase: {walls}.", ""]
     return "\n".join(L)
+
+
+def looser(rows: dict, ref_best: float) -> list[str]:
+    """Costs to looser targets from the same trials: how much of the gap is the 0.5% lottery.
+
+    A single full-length trial's loss varies by about 0.85% with its seed at the target scale,
+    so 0.5% of the grid's best (itself the luckiest of 15 such draws) is partly luck; at 1% and
+    2% the search, not the draw, decides. Baselines ran until the 0.5% target or their
+    allowance, so their curves hold every looser target they reached.
+    """
+    L = ["", "Tokens to looser targets, from the same trials (one full-length run's loss varies "
+         "by about 0.85% with its seed at N = 1e5, D = 20 N, so 0.5% of the grid's best is "
+         "partly a lottery):",
+         "", "| target | (a) | (b) | (c) | (b)/(a) | (c)/(a) |", "|---|---:|---:|---:|---:|---:|"]
+    for tol in (TOL, 0.01, 0.02):
+        cost = {k: rows[k]["curve"].cost_to(ref_best * (1 + tol))[0] for k in ("a", "b", "c")}
+        cells = []
+        for k in ("b", "c"):
+            if cost["a"] is None:
+                cells.append("n/a")
+            elif cost[k] is None:
+                cells.append(f">= {rows[k]['total'] / cost['a']:.2f}x")
+            else:
+                cells.append(f"{cost[k] / cost['a']:.2f}x")
+        L.append(f"| {1 + tol:g} L* | {_tok(cost['a'])} | {_tok(cost['b'])} | "
+                 f"{_tok(cost['c'])} | {cells[0]} | {cells[1]} |")
+    return L
 
 
 def _shape(n: float) -> tuple[int, int, int]:
@@ -726,6 +791,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--note", default="", help="a sentence for the report's header (e.g. "
                         "about earlier runs)")
+    parser.add_argument("--reference-from", type=Path, default=None, metavar="DIR",
+                        help="reuse the lr check and reference grid in DIR/reference.db of an "
+                        "earlier run with the same plan and --seed instead of training them")
     parser.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="DIR",
                         help="train nothing: rebuild the report from the --out DIR of finished "
                         "runs (same --quick flag as those runs); the first in detail, all as "
@@ -750,7 +818,7 @@ def main() -> None:
           f"stores in {out}", flush=True)
     t0 = time.time()
     try:
-        res = run(plan, out, args.seed)
+        res = run(plan, out, args.seed, args.reference_from)
     finally:
         import ray
 
@@ -821,7 +889,34 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
     L += ["", f"(b)/(a) >= 3x in {met['b']} of {n} runs; (c)/(a) >= 5x in {met['c']} of {n} "
           "runs ('never' = the baseline spent its whole allowance without reaching the target, "
           "so its ratio is at least the one shown).", ""]
+    L += pooled([summarize(res)["rows"] for _, res in runs])
     return L
+
+
+def pooled(rows_per_run: list[dict]) -> list[str]:
+    """Ratios of summed costs over the runs: the expected-cost ratio, less at the mercy of luck.
+
+    One run's cost is a draw: how soon a full-length trial lands within 0.5% of L* depends on
+    the trials' noise as much as on the search. A baseline that never got there counts with all
+    it spent (so its pooled ratio is a lower bound); a run where (a) never got there counts (a)
+    with all it spent too, which biases the pooled ratios down.
+    """
+    def cost(row: dict) -> tuple[float, bool]:
+        return (row["cost"], True) if row["cost"] is not None else (row["total"], False)
+
+    a = [cost(r["a"]) for r in rows_per_run]
+    total_a = sum(c for c, _ in a)
+    L = []
+    for key, goal in (("b", 3.0), ("c", 5.0)):
+        x = [cost(r[key]) for r in rows_per_run]
+        ratio = sum(c for c, _ in x) / total_a
+        bound = ">= " if not all(ok for _, ok in x) else ""
+        verdict = "met" if ratio >= goal else ("undetermined" if bound else "NOT met")
+        L.append(f"- Pooled over the {len(a)} runs, ({key}) / (a) = sum of ({key})'s costs / sum "
+                 f"of (a)'s = {bound}{ratio:.2f}x (goal {goal:g}x: **{verdict}**).")
+    if not all(ok for _, ok in a):
+        L.append("- (a) did not reach the target in every run; its full spend counts there.")
+    return L + [""]
 
 
 def _seed_of(command: str) -> str:

@@ -94,6 +94,8 @@ class LawSearch(Searcher):
         trial.set_user_attr(STATUS_ATTR, status)
         if result and self.fidelity and result.get(self.fidelity) is not None:
             trial.set_user_attr("fidelity", float(result[self.fidelity]))
+        if result and isinstance(result.get("device"), str):
+            trial.set_user_attr("device", result["device"])
         if status == "completed":
             self.study.tell(trial, float(result[self.metric]))
         elif status == "stopped":

@@ -135,6 +135,11 @@ def test_assigned_cpus_outside_ray() -> None:
     assert lm.assigned_cpus() == (os.cpu_count() or 1)
 
 
+def test_device_outside_ray_is_cuda_when_visible() -> None:
+    assert lm.assigned_gpus() is None
+    assert lm.pick_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_schedule_and_report_steps() -> None:
     assert lm.report_steps(100, 16)[-1] == 100 and len(lm.report_steps(100, 16)) == 16
     assert lm.report_steps(5, 16) == [1, 2, 3, 4, 5]

@@ -59,6 +59,7 @@ def test_sweep_with_the_built_in_lm_end_to_end(ray_local, tmp_path, capsys):
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         assert t.user_attrs["raylaw_status"] in ("completed", "stopped", "diverged")
         assert t.user_attrs["resources"] == {"cpu": 1.0, "gpu": 0.0}
+        assert t.user_attrs["device"] == "cpu"  # no GPU asked for: CPU even on a GPU node
         assert {"lr", "batch_size", "weight_decay", "warmup"} <= set(t.params)
     done = [t for t in ts if t.state == TrialState.COMPLETE]
     assert done and all(len(t.intermediate_values) >= 2 for t in done)  # learning curves kept

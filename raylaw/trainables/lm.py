@@ -248,6 +248,24 @@ def assigned_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def assigned_gpus() -> float | None:
+    """GPUs Ray assigned to this trial (0 when it asked for none); None outside a Ray worker."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        with contextlib.suppress(Exception):
+            return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0))
+    return None
+
+
+def pick_device() -> str:
+    """"cuda" when a GPU is visible and the trial was given one (or runs outside Ray), else "cpu".
+
+    A trial that asked Ray for no GPU stays on the CPU even on a GPU node, so CPU trials never
+    crowd the GPUs that other trials were promised.
+    """
+    return "cuda" if torch.cuda.is_available() and assigned_gpus() != 0 else "cpu"
+
+
 def train_step(
     model: GPT, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, ctx
 ) -> torch.Tensor:
@@ -270,7 +288,7 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     trial diverged). A run restored from ``checkpoint_dir`` continues from the saved step with
     the saved model, optimizer and data-sampler state.
     """
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device()
     if device == "cpu":
         torch.set_num_threads(int(config.get("threads") or assigned_cpus()))
     else:
@@ -304,7 +322,7 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     def send(loss: float, diverged: bool) -> None:
         """Report metrics at the current step, with a checkpoint unless the trial diverged."""
         metrics = {"loss": loss, "tokens": step * batch_size * seq_len}
-        metrics.update(train_loss=_finite(train_loss), diverged=diverged)
+        metrics.update(train_loss=_finite(train_loss), diverged=diverged, device=device)
         if diverged:
             return report(metrics, None)
         with tempfile.TemporaryDirectory(prefix="raylaw-lm-") as tmp:
