@@ -237,24 +237,27 @@ def report_steps(total_steps: int, n_reports: int) -> list[int]:
     return sorted({math.ceil(total_steps * i / n) for i in range(1, n + 1)})
 
 
-def assigned_cpus() -> int:
-    """CPUs Ray assigned to this trial, else ``os.cpu_count()`` (never starts Ray)."""
+def _assigned(resource: str) -> float | None:
+    """Amount of ``resource`` Ray assigned to this trial (0 if none); None outside a Ray worker.
+
+    Never starts Ray: it only asks a Ray that this process already joined.
+    """
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         with contextlib.suppress(Exception):
-            n = ray.get_runtime_context().get_assigned_resources().get("CPU")
-            if n:
-                return max(1, int(n))
-    return os.cpu_count() or 1
+            return float(ray.get_runtime_context().get_assigned_resources().get(resource, 0))
+    return None
+
+
+def assigned_cpus() -> int:
+    """CPUs Ray assigned to this trial, else ``os.cpu_count()`` (never starts Ray)."""
+    n = _assigned("CPU")
+    return max(1, int(n)) if n else os.cpu_count() or 1
 
 
 def assigned_gpus() -> float | None:
     """GPUs Ray assigned to this trial (0 when it asked for none); None outside a Ray worker."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        with contextlib.suppress(Exception):
-            return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0))
-    return None
+    return _assigned("GPU")
 
 
 def pick_device() -> str:
