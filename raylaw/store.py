@@ -7,6 +7,7 @@ reads Optuna studies (optuna-dashboard, ``raylaw.optuna.law_from_studies``) sees
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,25 @@ def open_store(url: str) -> RDBStorage:
         parent = Path(url[len("sqlite:///"):]).expanduser().resolve().parent
         if not parent.is_dir():
             raise RaylawError(f"--store {url}: directory {parent} does not exist")
-    try:
-        return RDBStorage(url, engine_kwargs=_engine_kwargs(url),
-                          heartbeat_interval=None)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        raise RaylawError(f"--store {url}: cannot open ({str(e).splitlines()[0]})") from e
+    for attempt in range(4):
+        try:
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url),
+                              heartbeat_interval=None)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as e:
+            # two drivers creating a new store at once: the other one's tables or version row
+            # appeared between Optuna's check and its CREATE/INSERT; the next try finds them
+            if attempt == 3 or not _schema_race(e):
+                raise RaylawError(f"--store {url}: cannot open ({str(e).splitlines()[0]})") from e
+            time.sleep(0.2 * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+            raise RaylawError(f"--store {url}: cannot open ({str(e).splitlines()[0]})") from e
+    raise AssertionError("unreachable")
+
+
+def _schema_race(e: Exception) -> bool:
+    """True for the errors a concurrent creation of the same schema causes."""
+    text = str(e).lower()
+    return "already exists" in text or "unique constraint" in text or "duplicate" in text
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
