@@ -2,7 +2,9 @@
 
 Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N; under an hour
 per seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, half the tokens).
-``--reference-from DIR`` reuses the reference grid of an earlier run with the same plan and seed.
+``--reference-from DIR`` reuses the reference grid of an earlier run with the same plan and seed;
+``--baselines-from DIR`` likewise reuses its (b) and (c) (they do not depend on raylaw's law, only
+on the trainable, the space and the seed), so a change to raylaw's method reruns (a) alone.
 ``--report-from DIR [DIR ...]`` rebuilds the report from the stores of finished runs'
 ``--out DIR`` without training: the first in detail, and one row per run (e.g. other ``--seed``
 values) in a table of replicates.
@@ -340,12 +342,29 @@ def reuse_reference(src: Path, out: Path, plan: Plan) -> None:
     shutil.copyfile(db, out / "reference.db")
 
 
-def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None) -> dict[str, Any]:
+def reuse_baselines(src: Path, out: Path, plan: Plan) -> None:
+    """Copy (b) and (c) of an earlier run (same plan and seed) into ``out``."""
+    import shutil
+
+    meta = json.loads((src / "run.json").read_text()) if (src / "run.json").exists() else {}
+    if meta.get("seed", plan.seed) != plan.seed or meta.get("plan", plan.name) != plan.name:
+        raise SystemExit(f"--baselines-from {src}: that run is plan {meta.get('plan')!r} seed "
+                         f"{meta.get('seed')}, this one {plan.name!r} seed {plan.seed}")
+    for name in ("baselines.db", "allowance.json"):
+        if not (src / name).exists():
+            raise SystemExit(f"--baselines-from {src}: no {name} there (did (b) and (c) finish?)")
+        shutil.copyfile(src / name, out / name)
+
+
+def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
+        baselines_from: Path | None = None) -> dict[str, Any]:
     space = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml")
     results = out / "results"
     law_path = out / "lm.law.json"
     if reference_from is not None:  # before the store is opened: the copy replaces it
         reuse_reference(reference_from, out, plan)
+    if baselines_from is not None:
+        reuse_baselines(baselines_from, out, plan)
     ref_storage = open_store(f"sqlite:///{out / 'reference.db'}")
     base_storage = open_store(f"sqlite:///{out / 'baselines.db'}")
     small, target = scale_of(plan, plan.ladder[0]), scale_of(plan, plan.ladder[-1])
@@ -416,6 +435,16 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None) ->
     full = space.optuna_distributions()
     target_loss = ref_best * (1 + TOL)
     cost_a = rungs[-1]["curve"].cost_to(target_loss)[0] or rungs[-1]["curve"].total
+    if baselines_from is not None:
+        res["allowance"] = json.loads((out / "allowance.json").read_text())
+        for key, goal, name in (("b", 3.0, "asha-full"), ("c", 5.0, "tpe-full")):
+            res[key] = curve(optuna.load_study(study_name=name, storage=base_storage))
+            need, spent = ALLOWANCE * goal * cost_a, res["allowance"][f"{key}_spent"]
+            if res[key].cost_to(target_loss)[0] is None and spent < need:
+                print(f"note: reused ({key}) never reached the target and spent {spent / 1e6:.2f}M"
+                      f" tokens, less than this (a)'s allowance {need / 1e6:.2f}M: its ratio is a "
+                      "lower bound only", flush=True)
+        return res
     res["allowance"] = {}
     for key, goal, name, sampler, asha, title in (
             ("b", 3.0, "asha-full", optuna.samplers.RandomSampler(seed=seed), True,
@@ -794,6 +823,8 @@ def main() -> None:
     parser.add_argument("--reference-from", type=Path, default=None, metavar="DIR",
                         help="reuse the lr check and reference grid in DIR/reference.db of an "
                         "earlier run with the same plan and --seed instead of training them")
+    parser.add_argument("--baselines-from", type=Path, default=None, metavar="DIR",
+                        help="reuse (b) and (c) of an earlier run with the same plan and seed")
     parser.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="DIR",
                         help="train nothing: rebuild the report from the --out DIR of finished "
                         "runs (same --quick flag as those runs); the first in detail, all as "
@@ -818,7 +849,7 @@ def main() -> None:
           f"stores in {out}", flush=True)
     t0 = time.time()
     try:
-        res = run(plan, out, args.seed, args.reference_from)
+        res = run(plan, out, args.seed, args.reference_from, args.baselines_from)
     finally:
         import ray
 

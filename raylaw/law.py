@@ -91,11 +91,35 @@ class Optimum:
 
 @dataclass(frozen=True)
 class Prior:
-    """Gaussian prior on one hyperparameter's coefficients [a, b_1, ..., b_k]."""
+    """Gaussian prior on one hyperparameter's coefficients [a, b_1, ..., b_k].
+
+    A published law carries ``exponent_sd`` of transfer uncertainty on its exponents, written
+    into ``cov`` as a tilt about ``pivot`` (log scale, where it was fitted). ``cov_at`` moves
+    that tilt to the scales a user's optima come from (see there).
+    """
 
     mean: np.ndarray
     cov: np.ndarray
     source: str = ""
+    pivot: np.ndarray | None = None
+    exponent_sd: float = 0.0
+
+    def cov_at(self, center: np.ndarray) -> np.ndarray:
+        """The covariance with the exponents' transfer uncertainty tilting about ``center``.
+
+        A tilt about the published pivot ties a user's exponents to the level they imply there:
+        optima 10 e-folds away from it pin the exponent to +-(intercept sd)/10, however little
+        their own range says about it. About ``center`` (the log scales of the user's optima)
+        the exponents keep their own +-exponent_sd and the level there gets the variance the
+        tilt gave it (sd * distance), so the prediction at ``center`` is unchanged.
+        """
+        if self.pivot is None or self.exponent_sd == 0.0:
+            return self.cov
+        p, c = self.pivot, np.asarray(center, dtype=float)
+        jp, jc = np.vstack([-p, np.eye(len(p))]), np.vstack([-c, np.eye(len(c))])
+        moved = self.cov + self.exponent_sd**2 * (jc @ jc.T - jp @ jp.T)
+        moved[0, 0] += self.exponent_sd**2 * float((c - p) @ (c - p))
+        return moved
 
 
 @dataclass(frozen=True)
@@ -317,6 +341,10 @@ class ScalingLaw:
             if term.prior is not None:
                 d["prior"] = {"mean": term.prior.mean.tolist(), "cov": term.prior.cov.tolist(),
                               "source": term.prior.source}
+                if term.prior.pivot is not None:
+                    d["prior"]["pivot"] = dict(zip(term.depends_on,
+                                                   np.exp(term.prior.pivot).tolist()))
+                    d["prior"]["exponent_sd"] = term.prior.exponent_sd
             if term.fitted:
                 d["coef"] = term.coef.tolist()
                 d["cov"] = term.coef_cov.tolist()
@@ -357,7 +385,14 @@ class ScalingLaw:
                 cov = _finite_array(t["prior"].get("cov"), (p, p), f"{tw}.prior.cov")
                 if not np.allclose(cov, cov.T) or np.any(np.linalg.eigvalsh(cov) <= 0):
                     raise RaylawError(f"{tw}.prior.cov must be symmetric positive definite")
-                prior = Prior(mean, cov, str(t["prior"].get("source", "")))
+                pivot, esd = None, 0.0
+                if t["prior"].get("pivot") is not None:
+                    pv = t["prior"]["pivot"]
+                    if not isinstance(pv, dict) or set(pv) != set(deps):
+                        raise RaylawError(f"{tw}.prior.pivot must map each of {deps} to a scale")
+                    pivot = np.log([_positive(pv[k], f"{tw}.prior.pivot.{k}") for k in deps])
+                    esd = _nonneg(t["prior"].get("exponent_sd", 0.0), f"{tw}.prior.exponent_sd")
+                prior = Prior(mean, cov, str(t["prior"].get("source", "")), pivot, esd)
             for key in ("coef", "cov"):
                 if key in t:
                     _finite_array(t[key], None, f"{tw}.{key}")
@@ -407,10 +442,12 @@ def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> None:
         x = np.array([term.features(o.scale) for o in optima if name in o.values])
         term.check_identifiable(x, name)
     p0, m0, proper = np.zeros((dim, dim)), np.zeros(dim), np.zeros(dim, dtype=bool)
-    for k, term in enumerate(terms.values()):
+    for k, (name, term) in enumerate(terms.items()):
         if term.prior is not None:
             blk = slice(offs[k], offs[k + 1])
-            p0[blk, blk] = np.linalg.inv(term.prior.cov)
+            center = np.mean([term.features(o.scale)[1:] for o in optima if name in o.values],
+                             axis=0)
+            p0[blk, blk] = np.linalg.inv(term.prior.cov_at(center))
             m0[blk] = term.prior.mean
             proper[blk] = True
     p0m0 = p0 @ m0

@@ -7,7 +7,9 @@ D: training tokens). A prior describes someone else's setup, so its intercept ge
 ``TRANSFER_SD`` of log-space uncertainty and each exponent an extra ``TRANSFER_EXPONENT_SD``
 (pivoting at the centre of the scales the fit was made from, where the published law is
 best known): published exponents differ between setups, and a user's own sweeps must be able
-to move them, not only the intercept.
+to move them, not only the intercept. When a user's optima are fitted, that tilt moves to
+their scales (``Prior.cov_at``), so sweeps far below the published scales are not held to the
+published exponent by the long lever arm back to it.
 """
 
 from __future__ import annotations
@@ -71,4 +73,4 @@ def prior_for(prior: str, name: str, hp: Any, transfer_sd: float = TRANSFER_SD,
     jac = np.vstack([-pivot, np.eye(len(pivot))])
     cov += exponent_sd**2 * jac @ jac.T
     return Prior(mean, cov, f"{prior} (transfer sd {transfer_sd:g} on the intercept, "
-                 f"{exponent_sd:g} on exponents)")
+                 f"{exponent_sd:g} on exponents)", pivot, exponent_sd)

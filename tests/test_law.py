@@ -134,6 +134,29 @@ def test_sweeps_move_the_priors_exponents_not_only_its_intercept():
     assert p.low < bs(6.4e7) < p.high
 
 
+def test_sweeps_far_below_the_published_scales_are_not_held_to_its_exponent():
+    """Flat batch size over D = 2.5e5..2e6, four decades below Step Law's scales: tilting the
+    exponent about the published pivot would pin it near 0.41 (interval at 8x D: 2.8..18.7,
+    missing the truth); tilting it about the user's scales lets the sweeps pull it to ~0.17."""
+    obs = [Optimum({"N": d / 20, "D": d}, {"bs": 2.0}, {"bs": 0.1})
+           for d in (2.5e5, 5e5, 1e6, 2e6)]
+    law = ScalingLaw.for_space(SPACE, prior="steplaw").fit(obs)
+    assert law.summary()["bs"]["coef"]["b_D"] < 0.3
+    p = law.predict({"N": 8e5, "D": 1.6e7})["bs"]
+    assert p.low < 2.0 < p.high
+
+
+def test_recentering_the_prior_keeps_its_prediction_where_it_is_recentered():
+    prior = ScalingLaw.for_space(SPACE, prior="steplaw").terms["lr"].prior
+    assert np.allclose(prior.cov_at(prior.pivot), prior.cov)
+    center = np.log([1e5, 2e6])
+    f = np.concatenate([[1.0], center])
+    assert f @ prior.cov_at(center) @ f == pytest.approx(f @ prior.cov @ f)
+    # the level there no longer drags the exponents (about the published pivot it does)
+    assert np.all(np.abs((f @ prior.cov_at(center))[1:]) < 0.02)
+    assert np.all(np.abs((f @ prior.cov)[1:]) > 0.2)
+
+
 def test_too_few_scales_without_prior_says_how_many():
     with pytest.raises(RaylawError, match="at least 4 scales"):
         ScalingLaw.for_space(SPACE, prior=None).fit(synthetic_optima(3, 0.1))
@@ -156,6 +179,7 @@ def test_json_round_trip(tmp_path):
     assert d["format"] == "raylaw.law" and d["format_version"] == 1
     assert len(d["optima"]) == 6 and d["provenance"]["prior"] == "steplaw"
     assert len(d["terms"]["lr"]["cov"]) == 3
+    assert set(d["terms"]["lr"]["prior"]["pivot"]) == {"N", "D"}  # the tilt moves on reload
     back = ScalingLaw.load(path)
     a = law.predict({"N": 3e8, "D": 1e10})
     b = back.predict({"N": 3e8, "D": 1e10})
@@ -171,6 +195,8 @@ def test_json_round_trip(tmp_path):
     (lambda d: d["terms"]["lr"]["prior"].update(mean=[0.0, "x", 1.0]), "expected numbers"),
     (lambda d: d["terms"].pop("lr") and d["terms"].pop("bs"), "non-empty"),
     (lambda d: d["optima"][0].update(curvature={"lr": {"lr": "steep"}}), "curvature.lr.lr"),
+    (lambda d: d["terms"]["lr"]["prior"].update(pivot={"N": 1e8}), "prior.pivot must map"),
+    (lambda d: d["terms"]["lr"]["prior"].update(exponent_sd=-1), "prior.exponent_sd"),
 ])
 def test_bad_law_files_are_refused(tmp_path, edit, message):
     law = ScalingLaw.for_space(SPACE, prior="steplaw").fit(synthetic_optima(5, 0.1))
