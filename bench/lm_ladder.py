@@ -898,6 +898,7 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
          "(c)/(a) incl. ladder, N-weighted | law lr log err at target | law bs log err |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     met = {"b": 0, "c": 0}
+    runs = sorted(runs, key=lambda r: int(r[0].get("seed", _seed_of(r[0].get("command", "")))))
     for meta, res in runs:
         s = summarize(res)
         rows = s["rows"]
@@ -930,7 +931,8 @@ def pooled(rows_per_run: list[dict]) -> list[str]:
     One run's cost is a draw: how soon a full-length trial lands within 0.5% of L* depends on
     the trials' noise as much as on the search. A baseline that never got there counts with all
     it spent (so its pooled ratio is a lower bound); a run where (a) never got there counts (a)
-    with all it spent too, which biases the pooled ratios down.
+    with all it spent too, which understates (a)'s cost (so the ratio is an upper bound). With
+    both kinds of run the ratio bounds nothing, and the verdict says so.
     """
     def cost(row: dict) -> tuple[float, bool]:
         return (row["cost"], True) if row["cost"] is not None else (row["total"], False)
@@ -941,12 +943,17 @@ def pooled(rows_per_run: list[dict]) -> list[str]:
     for key, goal in (("b", 3.0), ("c", 5.0)):
         x = [cost(r[key]) for r in rows_per_run]
         ratio = sum(c for c, _ in x) / total_a
-        bound = ">= " if not all(ok for _, ok in x) else ""
-        verdict = "met" if ratio >= goal else ("undetermined" if bound else "NOT met")
+        low = not all(ok for _, ok in x)  # a baseline's cost understated: ratio is a lower bound
+        high = not all(ok for _, ok in a)  # (a)'s cost understated: ratio is an upper bound
+        bound = "~" if low and high else ">= " if low else "<= " if high else ""
+        verdict = ("met" if ratio >= goal and not high
+                   else "NOT met" if ratio < goal and not low else "undetermined")
         L.append(f"- Pooled over the {len(a)} runs, ({key}) / (a) = sum of ({key})'s costs / sum "
                  f"of (a)'s = {bound}{ratio:.2f}x (goal {goal:g}x: **{verdict}**).")
     if not all(ok for _, ok in a):
-        L.append("- (a) did not reach the target in every run; its full spend counts there.")
+        L.append("- (a) did not reach the target in every run; its full spend counts there, which "
+                 "understates its cost ('<=': an upper bound; '~': a baseline also never got "
+                 "there in some run, so the ratio bounds nothing).")
     return L + [""]
 
 
