@@ -898,7 +898,7 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
          "(c)/(a) incl. ladder, N-weighted | law lr log err at target | law bs log err |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     met = {"b": 0, "c": 0}
-    runs = sorted(runs, key=lambda r: int(r[0].get("seed", _seed_of(r[0].get("command", "")))))
+    runs = sorted(runs, key=lambda r: int(_run_seed(r[0])))
     for meta, res in runs:
         s = summarize(res)
         rows = s["rows"]
@@ -912,7 +912,7 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
         found = last["result"].optimum.values if last["result"].optimum else {}
         errs = [f"{math.log(found[h] / last['pred'][h].center):+.2f}"
                 if h in found and h in last["pred"] else "-" for h in ("lr", "batch_size")]
-        seed = meta.get("seed", _seed_of(meta.get("command", "")))
+        seed = _run_seed(meta)
         L.append(f"| seed {seed} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -955,6 +955,11 @@ def pooled(rows_per_run: list[dict]) -> list[str]:
                  "understates its cost ('<=': an upper bound; '~': a baseline also never got "
                  "there in some run, so the ratio bounds nothing).")
     return L + [""]
+
+
+def _run_seed(meta: dict) -> str:
+    """The --seed a run was made with, from its metadata or its command line."""
+    return str(meta.get("seed", _seed_of(meta.get("command", ""))))
 
 
 def _seed_of(command: str) -> str:
