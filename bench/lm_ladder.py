@@ -939,18 +939,18 @@ def pooled(rows_per_run: list[dict]) -> list[str]:
 
     a = [cost(r["a"]) for r in rows_per_run]
     total_a = sum(c for c, _ in a)
+    high = not all(ok for _, ok in a)  # (a)'s cost understated: ratios are upper bounds
     L = []
     for key, goal in (("b", 3.0), ("c", 5.0)):
         x = [cost(r[key]) for r in rows_per_run]
         ratio = sum(c for c, _ in x) / total_a
         low = not all(ok for _, ok in x)  # a baseline's cost understated: ratio is a lower bound
-        high = not all(ok for _, ok in a)  # (a)'s cost understated: ratio is an upper bound
         bound = "~" if low and high else ">= " if low else "<= " if high else ""
         verdict = ("met" if ratio >= goal and not high
                    else "NOT met" if ratio < goal and not low else "undetermined")
         L.append(f"- Pooled over the {len(a)} runs, ({key}) / (a) = sum of ({key})'s costs / sum "
                  f"of (a)'s = {bound}{ratio:.2f}x (goal {goal:g}x: **{verdict}**).")
-    if not all(ok for _, ok in a):
+    if high:
         L.append("- (a) did not reach the target in every run; its full spend counts there, which "
                  "understates its cost ('<=': an upper bound; '~': a baseline also never got "
                  "there in some run, so the ratio bounds nothing).")
