@@ -73,11 +73,14 @@ def test_asha_stops_poor_trials_and_refit_versions_the_law(ray_local, tmp_path, 
     first = capsys.readouterr().out
     ts = trials(tmp_path)
     statuses = [t.user_attrs["raylaw_status"] for t in ts]
-    assert len(ts) == 8 and statuses.count("completed") >= 2
+    # async ASHA (reduction 3) lets about 1 in 9 trials run to full length; the first always does
+    assert len(ts) == 8 and statuses.count("completed") >= 1, statuses
     assert statuses.count("stopped") >= 1, statuses  # ASHA cut some off at a lower fidelity
     for t in ts:
         if t.user_attrs["raylaw_status"] == "stopped":
             assert t.state == TrialState.PRUNED and t.user_attrs["fidelity"] < 1e5
+        if t.user_attrs["raylaw_status"] == "completed":
+            assert t.state == TrialState.COMPLETE and t.user_attrs["fidelity"] >= 1e5
     assert "law version 1 written" in first
     # a second sweep at another scale refits from both and keeps version 1
     assert main(sweep_args(tmp_path, scale=("N=4e5", "D=4e5"), samples=4)) == 0
