@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import math
 import os
 import sys
@@ -377,6 +378,8 @@ def train(config: dict) -> None:
     """Ray Tune function trainable; resumes from ``tune.get_checkpoint()`` when there is one."""
     from ray import tune
 
+    # Ray logs a line per checkpoint (one per evaluation here), which buries the progress table
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return run(config, _ray_report)
