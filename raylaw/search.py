@@ -58,6 +58,7 @@ class LawSearch(Searcher):
         self.budget = budget
         self.resources = dict(resources or {})
         self._live: dict[str, optuna.Trial] = {}
+        self._steps: dict[int, set[int]] = {}  # fidelities reported per trial number
         self._rerun = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         self.counts = {"completed": 0, "stopped": 0, "diverged": 0, "errored": 0}
 
@@ -74,15 +75,22 @@ class LawSearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)
+        if trial is not None:
+            self._report(trial, result)
+
+    def _report(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
+        """Add one point of the learning curve (finite, not diverged) to the trial."""
         value = result.get(self.metric)
-        if trial is None or result.get("diverged") or not isinstance(value, (int, float)):
+        if result.get("diverged") or not isinstance(value, (int, float)):
             return
         if not math.isfinite(value):
             return
         step = result.get(self.fidelity) if self.fidelity else None
         if step is None:
             step = result.get("training_iteration", 0)
-        trial.report(float(value), int(step))
+        if int(step) not in self._steps.setdefault(trial.number, set()):
+            self._steps[trial.number].add(int(step))
+            trial.report(float(value), int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -90,6 +98,8 @@ class LawSearch(Searcher):
         if trial is None:
             return
         status = trial_status(result, error, self.metric, self.fidelity, self.budget)
+        if result:  # Tune hands the last result (where ASHA stopped it) only to this hook
+            self._report(trial, result)
         self.counts[status] += 1
         trial.set_user_attr(STATUS_ATTR, status)
         if result and self.fidelity and result.get(self.fidelity) is not None:
@@ -102,3 +112,4 @@ class LawSearch(Searcher):
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
+        self._steps.pop(trial.number, None)

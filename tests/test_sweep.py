@@ -81,6 +81,8 @@ def test_asha_stops_poor_trials_and_refit_versions_the_law(ray_local, tmp_path, 
             assert t.state == TrialState.PRUNED and t.user_attrs["fidelity"] < 1e5
         if t.user_attrs["raylaw_status"] == "completed":
             assert t.state == TrialState.COMPLETE and t.user_attrs["fidelity"] >= 1e5
+        # the learning curve ends where the trial ended (ASHA's stopping point included)
+        assert max(t.intermediate_values) == int(t.user_attrs["fidelity"])
     assert "law version 1 written" in first
     # a second sweep at another scale refits from both and keeps version 1
     assert main(sweep_args(tmp_path, scale=("N=4e5", "D=4e5"), samples=4)) == 0
