@@ -58,7 +58,6 @@ class LawSearch(Searcher):
         self.budget = budget
         self.resources = dict(resources or {})
         self._live: dict[str, optuna.Trial] = {}
-        self._steps: dict[int, set[int]] = {}  # fidelities reported per trial number
         self._rerun = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         self.counts = {"completed": 0, "stopped": 0, "diverged": 0, "errored": 0}
 
@@ -88,9 +87,7 @@ class LawSearch(Searcher):
         step = result.get(self.fidelity) if self.fidelity else None
         if step is None:
             step = result.get("training_iteration", 0)
-        if int(step) not in self._steps.setdefault(trial.number, set()):
-            self._steps[trial.number].add(int(step))
-            trial.report(float(value), int(step))
+        trial.report(float(value), int(step))  # Optuna ignores a step already reported
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -112,4 +109,3 @@ class LawSearch(Searcher):
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
-        self._steps.pop(trial.number, None)
