@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -148,3 +149,18 @@ def test_schedule_and_report_steps() -> None:
     assert lm.lr_at(10, 100, 1.0, 0.1) == pytest.approx(1.0)
     assert lm.lr_at(99, 100, 1.0, 0.1) == pytest.approx(0.1, abs=1e-3)
     assert lm.lr_at(0, 100, 1.0, 0.0) == pytest.approx(1.0)
+
+
+def test_last_evaluation_uses_the_larger_final_slice(tmp_path: Path) -> None:
+    config = {**TINY, "scale": {"N": 2e4, "D": 1e5}, "eval_every": 4}
+    same = _collect({**config, "final_eval_tokens": config["eval_tokens"]})
+    big = _collect({**config, "final_eval_tokens": 2**17}, keep=tmp_path)
+    assert [r["loss"] for r in big[:-1]] == [r["loss"] for r in same[:-1]]  # same training
+    assert big[-1]["loss"] != same[-1]["loss"]
+    # the last loss is the final model's loss on the 2**17-byte slice
+    state = torch.load(tmp_path / f"report{len(big) - 1}" / lm.CHECKPOINT_FILE, weights_only=True)
+    model = lm.GPT(*lm.shape_for(2e4), seq_len=128)
+    model.load_state_dict(state["model"])
+    _, val = lm.load_data()
+    loss = lm.evaluate(model, val, 2**17, 128, "cpu", contextlib.nullcontext())
+    assert big[-1]["loss"] == pytest.approx(loss, abs=1e-5)
