@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
+    if args.seeds < 2:
+        ap.error(f"--seeds: expected at least 2 (a spread needs two runs), got {args.seeds}")
     jobs = [(lr, bs, s) for s in range(args.seeds) for lr, bs in CONFIGS]
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=2) as pool:
