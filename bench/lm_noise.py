@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "bench"))
 
 from benchmarks_md import update_section  # noqa: E402
+from lm_ladder import FULL, scale_of  # noqa: E402
 
 SECTION = "## LM final-loss noise (bench/lm_noise.py)"
-SCALE = {"N": 1e5, "D": 2e6}  # the LM ladder's target
-FIXED = {"weight_decay": 0.03, "warmup": 0.05}  # the ladder's reference grid fixes these
+SCALE = scale_of(FULL, FULL.ladder[-1])  # the LM ladder's target
+FIXED = FULL.fixed  # the ladder's reference grid fixes these
 CONFIGS = [(0.004, 1), (0.004, 2), (0.004, 4), (0.008, 8)]  # (lr, batch size): the grid's top
 TOL = 0.005
 
@@ -41,8 +42,9 @@ def final_loss(lr: float, bs: int, seed: int) -> tuple[float, float]:
     """Final validation loss of one full-length run, and its wall time in seconds."""
     from raylaw.trainables import lm
 
+    # one evaluation, at the end: evaluating changes no training
     config = {"lr": lr, "batch_size": bs, **FIXED, "scale": SCALE, "seed": seed, "threads": 1,
-              "eval_every": 1, "final_eval_tokens": 2**19}  # evaluating changes no training
+              "eval_every": 1, "final_eval_tokens": FULL.final_eval_tokens}
     reports: list[dict] = []
     t0 = time.perf_counter()
     lm.run(config, lambda metrics, _ckpt: reports.append(metrics))
@@ -85,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
              f"(load average {os.getloadavg()[0]:.1f} at the end)  ",
              f"Scale N = {SCALE['N']:g}, D = {SCALE['D']:g} (the LM ladder's target); "
              f"weight_decay={FIXED['weight_decay']}, warmup={FIXED['warmup']}; final loss on "
-             f"2**19 validation bytes; trial seeds 0..{args.seeds - 1} (each sets the "
-             "initialization and the data order).", "", *rows, "",
+             f"{FULL.final_eval_tokens} validation bytes; trial seeds 0..{args.seeds - 1} "
+             "(each sets the initialization and the data order).", "", *rows, "",
              f"Pooled run-to-run sd: **{100 * pooled:.2f}%** of the loss, against the ladder's "
              f"0.5% target. Runs within 0.5% of the luckiest ({luckiest:.4f}): {hits} of all "
              f"{len(every)} runs of these near-optimal configurations.", ""]
