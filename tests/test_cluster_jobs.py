@@ -268,7 +268,10 @@ def test_worker_node_crash_mid_sweep_loses_nothing(cluster, tmp_path):
             pytest.fail(f"Tune reported no failed trial ({hit}, expected {mid_way}) in the job "
                         f"logs:\n{logs[-4000:]}")
         time.sleep(0.5)
-    assert "because its node has died" in logs, logs[-4000:]  # Ray's ActorDiedError says why
+    # Ray says why: ActorDiedError once the GCS has marked the node dead, or, when the trial's
+    # call fails first on the closed connection, ActorUnavailableError (seen once in CI)
+    assert ("because its node has died" in logs
+            or ("ActorUnavailableError" in logs and "Socket closed" in logs)), logs[-4000:]
     assert cluster.status(sid) == "RUNNING"  # the driver is on the head and lives on
     now = {t.user_attrs.get("ray_trial_id"): t for t in store_trials(tmp_path)}
     assert all(now[i].state == TrialState.RUNNING for i in hit)  # retries wait for a GPU node
