@@ -38,6 +38,8 @@ class LawSampler(BaseSampler):
 
     Governed hyperparameters (those the law predicts) get law-guided values inside whatever
     distribution the objective declares; every other parameter is left to ``base_sampler``.
+    The window grows by its span on both sides after ``patience`` completed trials without a
+    new best (pruned trials do not count: they could not have become the best).
     """
 
     def __init__(self, law: ScalingLaw | None, space: SearchSpace | None,
@@ -136,7 +138,9 @@ class LawSampler(BaseSampler):
                 hi = v + span
             if v <= lo + self._edge * span:
                 lo = v - span
-            stalled = sum(t.number > best.number and t.state != TrialState.RUNNING
+            # only completed trials could have beaten the best: under ASHA most trials are
+            # pruned, and counting them widened the window after a dozen early stops
+            stalled = sum(t.number > best.number and t.state == TrialState.COMPLETE
                           for t in trials)
             if stalled >= self._patience:  # no progress inside the window: look wider
                 lo, hi = lo - span, hi + span

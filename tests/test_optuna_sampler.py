@@ -189,3 +189,26 @@ def test_two_processes_share_an_rdb_storage(tmp_path):
     assert len(study.trials) == 16
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert study.best_value - 2.0 < 0.01
+
+
+def test_pruned_trials_do_not_widen_the_window():
+    """Patience counts completed trials only: under ASHA most trials are pruned early."""
+    sampler = LawSampler(LAW, SPACE, TARGET, seed=0, patience=12)
+    study = optuna.create_study(sampler=sampler)
+    pred = sampler.predictions["lr"]  # the interval for an observed (noisy) optimum
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True),
+             "bs": optuna.distributions.IntDistribution(1, 4096, log=True),
+             "wd": optuna.distributions.FloatDistribution(0.0, 0.2)}
+    center = {"lr": pred.center, "bs": 64, "wd": 0.1}
+    study.add_trial(optuna.trial.create_trial(params=center, distributions=dists, value=2.0))
+    for _ in range(12):  # worse trials stopped early, inside the law's interval
+        study.add_trial(optuna.trial.create_trial(
+            params=center, distributions=dists, state=TrialState.PRUNED,
+            intermediate_values={1: 3.0}))
+    ask = study.ask()
+    window = sampler._window(study, ask, "lr", dists["lr"])
+    assert window.low == pytest.approx(pred.low) and window.high == pytest.approx(pred.high)
+    for _ in range(12):  # a dozen completed trials that did not beat the best: look wider
+        study.add_trial(optuna.trial.create_trial(params=center, distributions=dists, value=2.5))
+    wide = sampler._window(study, ask, "lr", dists["lr"])
+    assert wide.low < pred.low * 0.9 and wide.high > pred.high * 1.1  # by its span each side
