@@ -4,7 +4,8 @@ Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N;
 per seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, half the tokens).
 ``--reference-from DIR`` reuses the reference grid of an earlier run with the same plan and seed;
 ``--baselines-from DIR`` likewise reuses its (b) and (c) (they do not depend on raylaw's law, only
-on the trainable, the space and the seed), so a change to raylaw's method reruns (a) alone.
+on the trainable, the space and the seed), so a change to raylaw's method reruns (a) alone;
+with both, ``--sampler-seed K`` reruns (a) with another draw of its own sampler's randomness.
 ``--report-from DIR [DIR ...]`` rebuilds the report from the stores of finished runs'
 ``--out DIR`` without training: the first in detail, and one row per run (e.g. other ``--seed``
 values) in a table of replicates.
@@ -363,7 +364,7 @@ def reuse_baselines(src: Path, out: Path, plan: Plan) -> None:
 
 
 def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
-        baselines_from: Path | None = None) -> dict[str, Any]:
+        baselines_from: Path | None = None, sampler_seed: int | None = None) -> dict[str, Any]:
     space = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml")
     results = out / "results"
     law_path = out / "lm.law.json"
@@ -418,7 +419,8 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
         cfg = SweepConfig(space=space, scale=scale, law_path=str(law_path),
                           store=f"sqlite:///{out / 'raylaw.db'}",
                           samples=plan.target_samples if last else plan.rung_samples,
-                          prior="steplaw", constants=constants(plan), seed=seed,
+                          prior="steplaw", constants=constants(plan),
+                          seed=seed if sampler_seed is None else sampler_seed,
                           cpus_per_trial=1.0, max_concurrent=2, results_dir=str(results),
                           verbose=0)
         t1 = time.time()
@@ -832,6 +834,9 @@ def main() -> None:
                         "earlier run with the same plan and --seed instead of training them")
     parser.add_argument("--baselines-from", type=Path, default=None, metavar="DIR",
                         help="reuse (b) and (c) of an earlier run with the same plan and seed")
+    parser.add_argument("--sampler-seed", type=int, default=None, metavar="K",
+                        help="seed of (a)'s sampler (default: --seed); the trials' own seed "
+                        "stays --seed, so (a) can be rerun on a reused grid and baselines")
     parser.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="DIR",
                         help="train nothing: rebuild the report from the --out DIR of finished "
                         "runs (same --quick flag as those runs); the first in detail, all as "
@@ -856,7 +861,8 @@ def main() -> None:
           f"stores in {out}", flush=True)
     t0 = time.time()
     try:
-        res = run(plan, out, args.seed, args.reference_from, args.baselines_from)
+        res = run(plan, out, args.seed, args.reference_from, args.baselines_from,
+                  args.sampler_seed)
     finally:
         import ray
 
@@ -867,7 +873,8 @@ def main() -> None:
     load = (load0, os.getloadavg()[0])
     atomic_write_text(out / "run.json", json.dumps({"command": command, "wall": wall,
                                                     "load": load, "plan": plan.name,
-                                                    "seed": args.seed}))
+                                                    "seed": args.seed,
+                                                    "sampler_seed": args.sampler_seed}))
     write_report(args, res, command, wall, load)
     print(f"wall time {wall / 60:.1f} min; stores in {out}")
 
@@ -900,12 +907,13 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
     L = ["### Replicates", "",
          "Each row is a whole run of the protocol (reference grid, ladder, baselines) with "
          "another `--seed`: the samplers' seeds and the trials' own seed (initialization, data "
-         "order); seed 0 is the trainable's default.", "",
+         "order); seed 0 is the trainable's default. A row with '(a) sampler K' reran (a) alone "
+         "with `--sampler-seed K` on the grid and baselines of a run with the same seed.", "",
          "| run | L* | 1.005 L* | (a) tokens to target | (b) | (c) | (b)/(a) | (c)/(a) | "
          "(c)/(a) incl. ladder, N-weighted | law lr log err at target | law bs log err |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     met = {"b": 0, "c": 0}
-    runs = sorted(runs, key=lambda r: int(_run_seed(r[0])))
+    runs = sorted(runs, key=lambda r: (int(_run_seed(r[0])), _sampler_seed(r[0]) or -1))
     for meta, res in runs:
         s = summarize(res)
         rows = s["rows"]
@@ -920,6 +928,8 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
         errs = [f"{math.log(found[h] / last['pred'][h].center):+.2f}"
                 if h in found and h in last["pred"] else "-" for h in ("lr", "batch_size")]
         seed = _run_seed(meta)
+        if _sampler_seed(meta) is not None:
+            seed += f", (a) sampler {_sampler_seed(meta)}"
         L.append(f"| seed {seed} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -967,6 +977,11 @@ def pooled(rows_per_run: list[dict]) -> list[str]:
 def _run_seed(meta: dict) -> str:
     """The --seed a run was made with, from its metadata or its command line."""
     return str(meta.get("seed", _seed_of(meta.get("command", ""))))
+
+
+def _sampler_seed(meta: dict) -> int | None:
+    """The --sampler-seed of a run, or None when (a)'s sampler used --seed."""
+    return meta.get("sampler_seed")
 
 
 def _seed_of(command: str) -> str:
