@@ -6,6 +6,8 @@ per seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, half the token
 ``--baselines-from DIR`` likewise reuses its (b) and (c) (they do not depend on raylaw's law, only
 on the trainable, the space and the seed), so a change to raylaw's method reruns (a) alone;
 with both, ``--sampler-seed K`` reruns (a) with another draw of its own sampler's randomness.
+Reused baselines that never reached the target are continued up to the new (a)'s allowance
+(``--extend-baselines DIR`` does that for a finished run).
 ``--report-from DIR [DIR ...]`` rebuilds the report from the stores of finished runs'
 ``--out DIR`` without training: the first in detail, and one row per run (e.g. other ``--seed``
 values) in a table of replicates.
@@ -201,11 +203,12 @@ def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
                results: Path, stopper: UntilTarget | None = None) -> None:
     """Run ``samples`` trials of the built-in LM on Tune, suggested by ``study``'s sampler
     through raylaw's ``LawSearch`` (every trial recorded in the study), until ``stopper``
-    says so."""
+    says so. A study that already holds trials is continued: ASHA's rungs start from them."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from raylaw.search import LawSearch
+    from raylaw.sweep import _restore_rungs, load_trainable
 
     budget = scale[space.budget]
     resources = {"cpu": 1.0, "gpu": 0.0}
@@ -218,8 +221,7 @@ def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
         scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
                                   grace_period=budget * cfg.grace_fraction,
                                   reduction_factor=cfg.reduction_factor)
-    from raylaw.sweep import load_trainable
-
+        _restore_rungs(scheduler, study, space)
     tuner = tune.Tuner(
         tune.with_resources(load_trainable(TRAINABLE), resources),
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,
@@ -445,13 +447,9 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
     cost_a = rungs[-1]["curve"].cost_to(target_loss)[0] or rungs[-1]["curve"].total
     if baselines_from is not None:
         res["allowance"] = json.loads((out / "allowance.json").read_text())
-        for key, goal, name in (("b", 3.0, "asha-full"), ("c", 5.0, "tpe-full")):
+        res["allowance"] = extend_baselines(plan, out, space, target_loss, cost_a, seed)
+        for key, name in (("b", "asha-full"), ("c", "tpe-full")):
             res[key] = curve(optuna.load_study(study_name=name, storage=base_storage))
-            need, spent = ALLOWANCE * goal * cost_a, res["allowance"][f"{key}_spent"]
-            if res[key].cost_to(target_loss)[0] is None and spent < need:
-                print(f"note: reused ({key}) never reached the target and spent {spent / 1e6:.2f}M"
-                      f" tokens, less than this (a)'s allowance {need / 1e6:.2f}M: its ratio is a "
-                      "lower bound only", flush=True)
         return res
     res["allowance"] = {}
     for key, goal, name, sampler, asha, title in (
@@ -477,6 +475,39 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
         phase(title, t0)
     phase("(c) TPE, full space, no early stopping", t0)
     return res
+
+
+def extend_baselines(plan: Plan, out: Path, space: SearchSpace, target_loss: float,
+                     cost_a: float, seed: int) -> dict[str, float]:
+    """Continue reused (b) and (c) that never reached the target up to this (a)'s allowance.
+
+    Without it, a reused baseline that stopped on an earlier (a)'s smaller allowance bounds its
+    ratio from below only. Each continues its own study: (c)'s TPE from all its trials, (b)'s
+    ASHA rungs from its learning curves, (b)'s random sampler on a fresh stream (its seed moved
+    by the trials already drawn, so it does not replay them). Returns the updated allowance.
+    """
+    allowance = json.loads((out / "allowance.json").read_text())
+    storage = open_store(f"sqlite:///{out / 'baselines.db'}")
+    target = scale_of(plan, plan.ladder[-1])
+    full = space.optuna_distributions()
+    for key, goal, name, asha in (("b", 3.0, "asha-full", True), ("c", 5.0, "tpe-full", False)):
+        n = len(optuna.load_study(study_name=name, storage=storage).trials)
+        sampler = (optuna.samplers.RandomSampler(seed=seed + n) if asha else
+                   optuna.samplers.TPESampler(seed=seed + 1 + n, multivariate=True,
+                                              n_startup_trials=4))
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        need, spent = ALLOWANCE * goal * cost_a, allowance[f"{key}_spent"]
+        if curve(study).cost_to(target_loss)[0] is not None or spent >= need:
+            continue
+        print(f"({key}) reused: never reached {target_loss:.4f} in {spent / 1e6:.2f}M tokens; "
+              f"continuing it up to this (a)'s allowance {need / 1e6:.2f}M", flush=True)
+        stop = UntilTarget(space, target[space.budget], target_loss, need - spent)
+        tune_study(study, space, target, full, constants(plan), plan.max_samples, asha=asha,
+                   results=out / "results", stopper=stop)
+        record_cut_off(study, stop)
+        allowance.update({key: need, f"{key}_spent": spent + stop.spent})
+        atomic_write_text(out / "allowance.json", json.dumps(allowance))
+    return allowance
 
 
 def load_run(plan: Plan, out: Path) -> dict[str, Any]:
@@ -834,6 +865,9 @@ def main() -> None:
                         "earlier run with the same plan and --seed instead of training them")
     parser.add_argument("--baselines-from", type=Path, default=None, metavar="DIR",
                         help="reuse (b) and (c) of an earlier run with the same plan and seed")
+    parser.add_argument("--extend-baselines", type=Path, default=None, metavar="DIR",
+                        help="train only (b) and (c) of the finished run in DIR, continuing "
+                        "reused baselines up to its (a)'s allowance, then report it")
     parser.add_argument("--sampler-seed", type=int, default=None, metavar="K",
                         help="seed of (a)'s sampler (default: --seed); the trials' own seed "
                         "stays --seed, so (a) can be rerun on a reused grid and baselines")
@@ -844,6 +878,8 @@ def main() -> None:
     args = parser.parse_args()
     plan = dataclasses.replace(SMOKE if args.smoke else QUICK if args.quick else FULL,
                                seed=args.seed)
+    if args.extend_baselines is not None:
+        return extend_finished(args, plan)
     if args.report_from is not None:
         return report_from(args, plan)
     out = Path(args.out or tempfile.mkdtemp(prefix="raylaw-lm-ladder-")).resolve()
@@ -877,6 +913,27 @@ def main() -> None:
                                                     "sampler_seed": args.sampler_seed}))
     write_report(args, res, command, wall, load)
     print(f"wall time {wall / 60:.1f} min; stores in {out}")
+
+
+def extend_finished(args: argparse.Namespace, plan: Plan) -> None:
+    """``--extend-baselines DIR``: continue DIR's reused (b) and (c) to its (a)'s allowance."""
+    out = args.extend_baselines.resolve()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    loopback_ray_env(None)
+    res = load_run(plan, out)
+    target_loss = res["ref"][2] * (1 + TOL)
+    a = res["rungs"][-1]["curve"]
+    init_ray(None)
+    try:
+        extend_baselines(plan, out, SearchSpace.load(ROOT / "search_spaces" / "lm.yaml"),
+                         target_loss, a.cost_to(target_loss)[0] or a.total, plan.seed)
+    finally:
+        import ray
+
+        ray.shutdown()
+    args.report_from = [out]
+    report_from(args, plan)
 
 
 def report_from(args: argparse.Namespace, plan: Plan) -> None:
