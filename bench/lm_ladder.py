@@ -987,7 +987,9 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
         seed = _run_seed(meta)
         if _sampler_seed(meta) is not None:
             seed += f", (a) sampler {_sampler_seed(meta)}"
-        L.append(f"| seed {seed} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
+        name = _flag(meta.get("command", ""), "--out")
+        label = f"{Path(name).name}: seed {seed}" if name else f"seed {seed}"
+        L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
                  f"{errs[0]} | {errs[1]} |")
@@ -1042,8 +1044,13 @@ def _sampler_seed(meta: dict) -> int | None:
 
 
 def _seed_of(command: str) -> str:
+    return _flag(command, "--seed") or "0"
+
+
+def _flag(command: str, flag: str) -> str | None:
+    """The value given to ``flag`` on a recorded command line, or None."""
     parts = command.split()
-    return parts[parts.index("--seed") + 1] if "--seed" in parts[:-1] else "0"
+    return parts[parts.index(flag) + 1] if flag in parts[:-1] else None
 
 
 def write_report(args: argparse.Namespace, res: dict[str, Any], command: str, wall: float,
