@@ -446,7 +446,6 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
     target_loss = ref_best * (1 + TOL)
     cost_a = rungs[-1]["curve"].cost_to(target_loss)[0] or rungs[-1]["curve"].total
     if baselines_from is not None:
-        res["allowance"] = json.loads((out / "allowance.json").read_text())
         res["allowance"] = extend_baselines(plan, out, space, target_loss, cost_a, seed)
         for key, name in (("b", "asha-full"), ("c", "tpe-full")):
             res[key] = curve(optuna.load_study(study_name=name, storage=base_storage))
