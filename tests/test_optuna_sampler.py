@@ -196,9 +196,7 @@ def test_pruned_trials_do_not_widen_the_window():
     sampler = LawSampler(LAW, SPACE, TARGET, seed=0, patience=12)
     study = optuna.create_study(sampler=sampler)
     pred = sampler.predictions["lr"]  # the interval for an observed (noisy) optimum
-    dists = {"lr": optuna.distributions.FloatDistribution(1e-5, 1.0, log=True),
-             "bs": optuna.distributions.IntDistribution(1, 4096, log=True),
-             "wd": optuna.distributions.FloatDistribution(0.0, 0.2)}
+    dists = SPACE.optuna_distributions()  # the hard ranges, as objective() declares them
     center = {"lr": pred.center, "bs": 64, "wd": 0.1}
     study.add_trial(optuna.trial.create_trial(params=center, distributions=dists, value=2.0))
     for _ in range(12):  # worse trials stopped early, inside the law's interval
