@@ -23,6 +23,7 @@ def plot_law(law: ScalingLaw, out: str | Path, coverage: float = 0.9) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     panels = [(h, k) for h, t in law.terms.items() if t.fitted for k in t.depends_on]
     if not panels:
@@ -55,6 +56,10 @@ def plot_law(law: ScalingLaw, out: str | Path, coverage: float = 0.9) -> None:
         others = ", ".join(f"{k}={ref[k]:.3g}" for k in term.depends_on if k != var)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # label 1, 2 and 5 of each decade: matplotlib's labelled minor ticks collide on x
+        ax.xaxis.set_major_locator(LogLocator(10, subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(_short))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(var + (f"  ({others})" if others else ""))
         ax.set_ylabel(f"optimal {name}")
         ax.grid(True, which="both", alpha=0.3)
@@ -69,3 +74,9 @@ def plot_law(law: ScalingLaw, out: str | Path, coverage: float = 0.9) -> None:
 
 def _gmean(v: list[float]) -> float:
     return float(math.exp(np.mean(np.log(v))))
+
+
+def _short(x: float, _pos: object = None) -> str:
+    """A scale tick as 2e4, 5e4, 1e5 (the way scales are written on the command line)."""
+    mant, exp = f"{x:.0e}".split("e")
+    return f"{mant}e{int(exp)}"
