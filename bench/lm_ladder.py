@@ -205,23 +205,19 @@ def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
     through raylaw's ``LawSearch`` (every trial recorded in the study), until ``stopper``
     says so. A study that already holds trials is continued: ASHA's rungs start from them."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from raylaw.search import LawSearch
-    from raylaw.sweep import _restore_rungs, load_trainable
+    from raylaw.sweep import asha_scheduler, load_trainable
 
     budget = scale[space.budget]
     resources = {"cpu": 1.0, "gpu": 0.0}
     search = LawSearch(study, distributions, space.metric, space.mode,
                        constants={"scale": scale, **extra}, fidelity=space.fidelity,
                        budget=budget, resources=resources)
-    scheduler = None
-    if asha:  # the settings run_sweep uses (SweepConfig defaults)
-        cfg = SweepConfig(space=space, scale=scale, law_path="")
-        scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
-                                  grace_period=budget * cfg.grace_fraction,
-                                  reduction_factor=cfg.reduction_factor)
-        _restore_rungs(scheduler, study, space)
+    # ASHA as run_sweep runs it by default (SweepConfig's grace fraction and reduction factor)
+    cfg = SweepConfig(space=space, scale=scale, law_path="")
+    scheduler = asha_scheduler(space, budget, cfg.grace_fraction, cfg.reduction_factor,
+                               study) if asha else None
     tuner = tune.Tuner(
         tune.with_resources(load_trainable(TRAINABLE), resources),
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,

@@ -172,6 +172,11 @@ def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
         raise RaylawError(f"--samples {a.samples}: must be at least 1")
     if a.cpus_per_trial <= 0 or a.gpus_per_trial < 0:
         raise RaylawError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if not 0 < a.grace_fraction <= 1:
+        raise RaylawError(f"--grace-fraction {a.grace_fraction:g}: expected a share of the "
+                          "budget in (0, 1] (1 turns early stopping off)")
+    if a.reduction_factor < 2:
+        raise RaylawError(f"--reduction-factor {a.reduction_factor}: expected an integer >= 2")
     constants = {}
     for item in a.config or []:
         key, sep, value = item.partition("=")
@@ -186,7 +191,8 @@ def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
         samples=a.samples, prior=None if a.prior == "none" else a.prior, coverage=a.coverage,
         cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
         trainable=a.trainable, constants=constants, seed=a.seed,
-        max_concurrent=a.max_concurrent, max_failures=a.max_failures, resume=a.resume,
+        max_concurrent=a.max_concurrent, max_failures=a.max_failures,
+        grace_fraction=a.grace_fraction, reduction_factor=a.reduction_factor, resume=a.resume,
         study_name=getattr(a, "study", None), results_dir=a.results, verbose=a.verbose)
 
 
@@ -268,6 +274,11 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
                    "resources allow)")
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a crashed trial before it is recorded as errored")
+    p.add_argument("--grace-fraction", type=float, default=1 / 9, metavar="F",
+                   help="ASHA's first rung, as a share of the budget (default 1/9): every "
+                   "trial trains that far before it can be stopped; 1 turns early stopping off")
+    p.add_argument("--reduction-factor", type=int, default=3, metavar="R",
+                   help="ASHA promotes the best 1 in R trials at each rung (default 3)")
     p.add_argument("--config", action="append", metavar="KEY=VALUE",
                    help="constant passed to every trial's config (JSON or string)")
     p.add_argument("--resume", action="store_true",

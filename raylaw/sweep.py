@@ -210,15 +210,9 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
                budget: float | None, remaining: int) -> None:
     """Run the trials on Ray Tune with ASHA on the space's fidelity."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    scheduler = None
-    if space.fidelity and budget:
-        scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
-                                  grace_period=budget * cfg.grace_fraction,
-                                  reduction_factor=cfg.reduction_factor)
-        _restore_rungs(scheduler, study, space)
+    scheduler = asha_scheduler(space, budget, cfg.grace_fraction, cfg.reduction_factor, study)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
@@ -282,6 +276,25 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
 def _fresh_term(term: Term) -> Term:
     """The same law term, prior only: refitted from scratch with all the evidence."""
     return Term(term.depends_on, term.prior)
+
+
+def asha_scheduler(space: SearchSpace, budget: float | None, grace_fraction: float = 1 / 9,
+                   reduction_factor: int = 3, study: optuna.Study | None = None) -> Any:
+    """ASHA on the space's fidelity up to ``budget``, its rungs seeded from ``study``'s trials.
+
+    The first rung is at ``grace_fraction`` of the budget. None (every trial runs to the
+    budget) when the space declares no fidelity or budget, or when ``grace_fraction`` is 1.
+    """
+    if not (space.fidelity and budget) or grace_fraction >= 1:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
+                              grace_period=budget * grace_fraction,
+                              reduction_factor=reduction_factor)
+    if study is not None:
+        _restore_rungs(scheduler, study, space)
+    return scheduler
 
 
 def _restore_rungs(scheduler: Any, study: optuna.Study, space: SearchSpace) -> None:

@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
 from raylaw.history import versions
-from raylaw.sweep import _restore_rungs
+from raylaw.sweep import _restore_rungs, asha_scheduler
 from tests.conftest import LM_SPACE, STEPLAW_SPACE
 from tests.test_sweep import start_driver, sweep_args
 
@@ -82,6 +82,20 @@ def test_resumed_asha_keeps_its_rung_results(tmp_path):
     rungs = {round(m): rec for m, rec in sched._brackets[0]._rungs}
     assert sorted(rungs[111].values()) == pytest.approx([-3.5, -3.1, -2.8])  # minus the loss
     assert sorted(rungs[333].values()) == pytest.approx([-3.2, -2.8, -2.5])
+
+
+def test_asha_flags_set_its_rungs_and_grace_fraction_1_turns_it_off(ray_local, tmp_path):
+    space = SearchSpace.load(LM_SPACE)
+    sched = asha_scheduler(space, 1000.0, grace_fraction=0.25, reduction_factor=2)
+    assert sorted(round(m) for m, _ in sched._brackets[0]._rungs) == [250, 500, 1000]
+    assert asha_scheduler(space, 1000.0, grace_fraction=1.0) is None
+    # with the default ASHA this sweep completes 1 trial and stops 7
+    assert main(sweep_args(tmp_path, "--grace-fraction", "1", samples=8)) == 0
+    ts = study_of(tmp_path).get_trials()
+    statuses = [t.user_attrs["raylaw_status"] for t in ts]
+    assert len(ts) == 8 and "stopped" not in statuses, statuses  # every trial ran to the end
+    assert all(t.user_attrs["fidelity"] >= 1e5 for t in ts
+               if t.user_attrs["raylaw_status"] == "completed")
 
 
 def test_crashed_trial_is_retried_then_recorded_as_errored(ray_local, tmp_path, capsys):
@@ -206,6 +220,8 @@ def test_a_law_file_is_never_half_written(tmp_path):
     ("unreachable_address", "cannot reach a Ray cluster"),
     ("bad_store", "does not exist"),
     ("bad_store_driver", "--store"),
+    ("bad_grace", "--grace-fraction 0: expected a share of the budget in (0, 1]"),
+    ("bad_reduction", "--reduction-factor 1: expected an integer >= 2"),
 ])
 def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
     space = yaml.safe_load(LM_SPACE.read_text())
@@ -227,6 +243,10 @@ def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
         ScalingLaw.for_space(SearchSpace.load(STEPLAW_SPACE)).save(tmp_path / "law.json")
     elif case == "unreachable_address":
         extra = ["--address", "127.0.0.1:1"]
+    elif case == "bad_grace":
+        extra = ["--grace-fraction", "0"]
+    elif case == "bad_reduction":
+        extra = ["--reduction-factor", "1"]
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
     args = sweep_args(tmp_path, *extra, scale=scale, trainable=trainable)
