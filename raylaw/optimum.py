@@ -34,7 +34,8 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
                     scale: dict[str, float] | None = None, source: str = "") -> Optimum:
     """One scale's optimum from its trials (columns: hyperparameters, metric, ``status``).
 
-    Rows whose ``status`` is not ``completed`` or whose metric is not finite are excluded.
+    Rows whose ``status`` is not ``completed`` or whose metric is not finite are excluded; with
+    a single completed trial the others still say where the sweep looked (its uncertainty).
     """
     df = pd.DataFrame(trials)
     metric = space.metric
@@ -46,10 +47,10 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
                           f"{list(space.governed)}")
     status = df["status"] if "status" in df.columns else pd.Series("completed", index=df.index)
     y = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=float)
-    z = np.log(df[names].to_numpy(dtype=float))
-    ok = (status.to_numpy() == "completed") & np.isfinite(y) & np.all(np.isfinite(z), axis=1)
+    z_all = np.log(df[names].to_numpy(dtype=float))
+    ok = (status.to_numpy() == "completed") & np.isfinite(y) & np.all(np.isfinite(z_all), axis=1)
     n_excluded = int((~ok).sum())
-    y, z = y[ok], z[ok]
+    y, z = y[ok], z_all[ok]
     if len(y) == 0:
         raise RaylawError(f"no completed trial with a finite '{metric}' at scale {scale} "
                           f"({n_excluded} excluded)")
@@ -58,6 +59,11 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
     varying = [j for j in range(len(names)) if len(y) == 1 or np.ptp(z[:, j]) > 0]
     zv = z[:, varying]
     center, sigma, method, hess = _estimate(zv, y)
+    if method == "single":
+        # one completed trial locates nothing by itself (under ASHA it is often the first
+        # trial, which always runs to the end): the optimum is anywhere the sweep looked
+        tried = z_all[np.all(np.isfinite(z_all), axis=1)][:, varying]
+        sigma = np.maximum(sigma, tried.std(axis=0))
     values, sigmas = {}, {}
     for k, j in enumerate(varying):
         values[names[j]] = float(math.exp(center[k]))

@@ -83,6 +83,18 @@ def test_max_mode_and_single_trial():
     assert single.method == "single" and single.sigmas["lr"] == 0.5
 
 
+def test_a_single_completed_trial_is_as_uncertain_as_the_sweep_was_wide():
+    lr = np.geomspace(1e-4, 1e-1, 10)
+    df = pd.DataFrame({"lr": lr, "bs": 64, "loss": 2.0 + np.arange(10) / 10,
+                       "status": ["completed"] + ["stopped"] * 9})
+    opt = extract_optimum(df, SPACE, {"N": 1e7})
+    # under ASHA the one trial that ran to the end says little about where the optimum is
+    assert opt.method == "single" and opt.values["lr"] == pytest.approx(1e-4)
+    assert opt.sigmas["lr"] == pytest.approx(np.log(lr).std())  # 2.2: the whole search
+    near = df.assign(lr=np.geomspace(1e-3, 2e-3, 10))  # a narrow search keeps the floor
+    assert extract_optimum(near, SPACE, {"N": 1e7}).sigmas["lr"] == 0.5
+
+
 def test_no_completed_trial_is_an_error():
     df = pd.DataFrame({"lr": [1e-3], "bs": [32], "loss": [float("nan")]})
     with pytest.raises(RaylawError, match="no completed trial"):
