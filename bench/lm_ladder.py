@@ -214,10 +214,7 @@ def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
     search = LawSearch(study, distributions, space.metric, space.mode,
                        constants={"scale": scale, **extra}, fidelity=space.fidelity,
                        budget=budget, resources=resources)
-    # ASHA as run_sweep runs it by default (SweepConfig's grace fraction and reduction factor)
-    cfg = SweepConfig(space=space, scale=scale, law_path="")
-    scheduler = asha_scheduler(space, budget, cfg.grace_fraction, cfg.reduction_factor,
-                               study) if asha else None
+    scheduler = asha_scheduler(space, budget, study=study) if asha else None  # sweep's defaults
     tuner = tune.Tuner(
         tune.with_resources(load_trainable(TRAINABLE), resources),
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,

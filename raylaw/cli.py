@@ -20,6 +20,7 @@ from raylaw.law import ScalingLaw
 from raylaw.optimum import optima_by_scale
 from raylaw.space import SearchSpace
 from raylaw.store import DEFAULT_STORE
+from raylaw.sweep import GRACE_FRACTION, REDUCTION_FACTOR
 
 
 def parse_scale(items: list[str] | None, flag: str = "--scale") -> dict[str, float]:
@@ -274,11 +275,13 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
                    "resources allow)")
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a crashed trial before it is recorded as errored")
-    p.add_argument("--grace-fraction", type=float, default=1 / 9, metavar="F",
-                   help="ASHA's first rung, as a share of the budget (default 1/9): every "
-                   "trial trains that far before it can be stopped; 1 turns early stopping off")
-    p.add_argument("--reduction-factor", type=int, default=3, metavar="R",
-                   help="ASHA promotes the best 1 in R trials at each rung (default 3)")
+    p.add_argument("--grace-fraction", type=float, default=GRACE_FRACTION, metavar="F",
+                   help=f"ASHA's first rung, as a share of the budget (default "
+                   f"{GRACE_FRACTION:.3g}): every trial trains that far before it can be "
+                   "stopped; 1 turns early stopping off")
+    p.add_argument("--reduction-factor", type=int, default=REDUCTION_FACTOR, metavar="R",
+                   help=f"ASHA promotes the best 1 in R trials at each rung (default "
+                   f"{REDUCTION_FACTOR})")
     p.add_argument("--config", action="append", metavar="KEY=VALUE",
                    help="constant passed to every trial's config (JSON or string)")
     p.add_argument("--resume", action="store_true",

@@ -28,6 +28,8 @@ from raylaw.space import SearchSpace
 from raylaw.store import DEFAULT_STORE, STATE_ATTR, create_sweep, open_store, sweep_studies
 
 DEFAULT_TRAINABLE = "raylaw.trainables.lm:train"
+GRACE_FRACTION = 1 / 9  # ASHA's first rung, as a share of the budget
+REDUCTION_FACTOR = 3  # ASHA promotes 1 in this many trials per rung
 
 
 @dataclass
@@ -48,8 +50,8 @@ class SweepConfig:
     seed: int = 0
     max_concurrent: int | None = None
     max_failures: int = 0
-    grace_fraction: float = 1 / 9
-    reduction_factor: int = 3
+    grace_fraction: float = GRACE_FRACTION
+    reduction_factor: int = REDUCTION_FACTOR
     resume: bool = False
     study_name: str | None = None
     results_dir: str | None = None
@@ -278,8 +280,10 @@ def _fresh_term(term: Term) -> Term:
     return Term(term.depends_on, term.prior)
 
 
-def asha_scheduler(space: SearchSpace, budget: float | None, grace_fraction: float = 1 / 9,
-                   reduction_factor: int = 3, study: optuna.Study | None = None) -> Any:
+def asha_scheduler(space: SearchSpace, budget: float | None,
+                   grace_fraction: float = GRACE_FRACTION,
+                   reduction_factor: int = REDUCTION_FACTOR,
+                   study: optuna.Study | None = None) -> Any:
     """ASHA on the space's fidelity up to ``budget``, its rungs seeded from ``study``'s trials.
 
     The first rung is at ``grace_fraction`` of the budget. None (every trial runs to the
