@@ -15,10 +15,11 @@ values) in a table of replicates.
 Protocol (every trial: ``raylaw.trainables.lm:train`` on Ray Tune, 1 CPU and ``threads=1`` per
 trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 10 N (quick)):
 
-0. Check that the optimum learning rate moves across the ladder: a coarse lr grid (batch size
-   fixed, weight decay and warmup fixed) at the smallest N, compared with the same lr column of
-   the reference grid at the largest N (step 1). Both argmins are printed and reported; when
-   they coincide the report says so (the ladder then tests little about extrapolation).
+0. Check that the optimum learning rate moves across the ladder: a coarse lr grid at each of
+   the plan's check batch sizes (full: 1, the target grid's best, and 8; weight decay and
+   warmup fixed) at the smallest N, compared with the same lr columns of the reference grid at
+   the largest N (step 1). The argmins are printed and reported; where they coincide the
+   report says so (the ladder then tests little about extrapolation).
 1. Reference: an exhaustive wide grid at the target (largest) scale, lr x batch size, full
    length, no early stopping (weight decay and warmup fixed). Its best loss L* defines the
    target: a full-length trial with final loss <= 1.005 L*.
@@ -103,7 +104,7 @@ class Plan:
     max_samples: int = 200  # (b) and (c): a cap; they end at the target or their allowance
     grid_lr: list[float] = field(default_factory=list)  # reference grid, also the lr check
     grid_bs: list[int] = field(default_factory=list)
-    check_bs: int = 16  # batch size of the lr-moves check (must be in grid_bs)
+    check_bs: tuple[int, ...] = (16,)  # batch sizes of the lr-moves check (each in grid_bs)
     fixed: dict[str, float] = field(default_factory=lambda: {"weight_decay": 0.03,
                                                              "warmup": 0.05})
     eval_every: int = 16
@@ -127,13 +128,13 @@ def _geom(lo: float, hi: float, n: int) -> list[float]:
 # 1.4% below bs 4 at lr 0.004 (mean of 3 seeds), so the grid reaches down to 1.
 FULL = Plan("full", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=20.0, rung_samples=10,
             target_samples=30, grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[1, 2, 4, 8, 16],
-            check_bs=8)
+            check_bs=(1, 8))
 SMOKE = Plan("smoke", ladder=[3e3, 1.25e4], tokens_per_param=4, rung_samples=3,
-             target_samples=3, max_samples=6, grid_lr=[3e-3, 1e-2], grid_bs=[8], check_bs=8,
+             target_samples=3, max_samples=6, grid_lr=[3e-3, 1e-2], grid_bs=[8], check_bs=(8,),
              eval_every=4, eval_tokens=2**12, final_eval_tokens=2**13)
 QUICK = Plan("quick", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=10.0,
              rung_samples=8, target_samples=24, grid_lr=_geom(2e-3, 3.2e-2, 5),
-             grid_bs=[8, 24], check_bs=8)
+             grid_bs=[8, 24], check_bs=(8,))
 
 
 # ------------------------------------------------------------------------------ Tune plumbing
@@ -231,15 +232,22 @@ def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
 
 def grid_study(storage: Any, name: str, space: SearchSpace, scale: dict[str, float],
                plan: Plan, lrs: list[float], bss: list[int], results: Path) -> optuna.Study:
-    """Every (lr, batch size) of the grid, full length, no early stopping."""
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    """Every (lr, batch size) of the grid, full length, no early stopping.
+
+    A study of that name already in ``storage`` (a reused reference) only gets the points it
+    lacks, so a grid can grow (e.g. a batch size added to the lr check) without retraining.
+    """
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize",
+                                load_if_exists=True)
+    have = {(t.params.get("lr"), t.params.get("batch_size")) for t in study.trials}
+    missing = [(lr, bs) for bs in bss for lr in lrs if (lr, bs) not in have]
     full = space.optuna_distributions()
     dists = {"lr": full["lr"], "batch_size": full["batch_size"]}
-    for bs in bss:
-        for lr in lrs:
-            study.enqueue_trial({"lr": lr, "batch_size": bs})
-    tune_study(study, space, scale, dists, {**constants(plan), **plan.fixed},
-               len(lrs) * len(bss), asha=False, results=results)
+    for lr, bs in missing:
+        study.enqueue_trial({"lr": lr, "batch_size": bs})
+    if missing:
+        tune_study(study, space, scale, dists, {**constants(plan), **plan.fixed}, len(missing),
+                   asha=False, results=results)
     return study
 
 
@@ -316,6 +324,21 @@ def lr_column(study: optuna.Study, bs: int) -> dict[float, float | None]:
     return dict(sorted(out.items()))
 
 
+def lr_check(check: optuna.Study, ref: optuna.Study, bss: tuple[int, ...]) -> dict[int, dict]:
+    """Per check batch size: the lr columns at the smallest N and the target, and their argmins
+    (None where the column has no completed run)."""
+    def argmin(col: dict[float, float | None]) -> float | None:
+        done = {lr: v for lr, v in col.items() if v is not None}
+        return min(done, key=done.get) if done else None
+
+    out = {}
+    for bs in bss:
+        small, big = lr_column(check, bs), lr_column(ref, bs)
+        out[bs] = {"col_small": small, "col_big": big, "lr_small": argmin(small),
+                   "lr_big": argmin(big)}
+    return out
+
+
 # -------------------------------------------------------------------------------------- main
 def reuse_reference(src: Path, out: Path, plan: Plan) -> None:
     """Copy the lr check and reference grid of an earlier run (same plan and seed) into ``out``.
@@ -333,14 +356,15 @@ def reuse_reference(src: Path, out: Path, plan: Plan) -> None:
         raise SystemExit(f"--reference-from {src}: that run used --seed {meta['seed']}, "
                          f"this one --seed {plan.seed}")
     storage = open_store(f"sqlite:///{db}")
+    seq = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml").governed["batch_size"].seq_len
     d = plan.tokens_per_param * plan.ladder[-1]
     for name, want in (("check", plan.tokens_per_param * plan.ladder[0]), ("reference", d)):
-        done = [t for t in optuna.load_study(study_name=name, storage=storage).get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE,))]
-        seen = max((max(t.intermediate_values, default=0) for t in done), default=0)
-        if not want <= seen <= want * 1.01:
-            raise SystemExit(f"--reference-from {src}: study '{name}' trained {seen:g} tokens "
-                             f"per trial, this plan needs {want:g}")
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,)):
+            seen = max(t.intermediate_values, default=0)  # whole steps: up to one batch over
+            if not want <= seen < want + t.params["batch_size"] * seq:
+                raise SystemExit(f"--reference-from {src}: study '{name}' trained {seen:g} "
+                                 f"tokens in a trial, this plan needs {want:g}")
     shutil.copyfile(db, out / "reference.db")
 
 
@@ -379,28 +403,22 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
         print(f"[{name}] {res['wall'][name] / 60:.1f} min", flush=True)
 
     # 0 + 1: lr check at the smallest N; reference grid at the target scale
+    # (a reused reference only trains what it lacks: grid_study fills missing points)
     t0 = time.time()
-    grid = grid_study
-    if reference_from is not None:
-        def grid(storage: Any, name: str, *_: Any) -> optuna.Study:
-            return optuna.load_study(study_name=name, storage=storage)
-    check = grid(ref_storage, "check", space, small, plan, plan.grid_lr, [plan.check_bs], results)
-    col_small = lr_column(check, plan.check_bs)
-    print(f"lr check at N={small['N']:g}: " + ", ".join(
-        f"{lr:g}:{'-' if v is None else f'{v:.4f}'}" for lr, v in col_small.items()), flush=True)
+    check = grid_study(ref_storage, "check", space, small, plan, plan.grid_lr,
+                       list(plan.check_bs), results)
     phase("lr check (smallest N)", t0)
     t0 = time.time()
-    ref = grid(ref_storage, "reference", space, target, plan, plan.grid_lr, plan.grid_bs, results)
+    ref = grid_study(ref_storage, "reference", space, target, plan, plan.grid_lr, plan.grid_bs,
+                     results)
     phase("reference grid (target N)", t0)
-    col_big = lr_column(ref, plan.check_bs)
-    lr_small = grid_argmin(check)[0]
-    lr_big = grid_argmin(ref, plan.check_bs)[0]
     ref_lr, ref_bs, ref_best = grid_argmin(ref)
-    res.update(col_small=col_small, col_big=col_big, lr_small=lr_small, lr_big=lr_big,
-               ref=(ref_lr, ref_bs, ref_best), ref_curve=curve(ref), check_curve=curve(check))
-    print(f"lr argmin at bs={plan.check_bs}: N={small['N']:g} -> {lr_small:g}, "
-          f"N={target['N']:g} -> {lr_big:g} ({'moved' if lr_small != lr_big else 'DID NOT MOVE'})"
-          f"; reference best {ref_best:.4f} at lr={ref_lr:g}, bs={ref_bs}", flush=True)
+    res.update(check=lr_check(check, ref, plan.check_bs), ref=(ref_lr, ref_bs, ref_best),
+               ref_curve=curve(ref), check_curve=curve(check))
+    for bs, c in res["check"].items():
+        print(f"lr argmin at bs={bs}: N={small['N']:g} -> {c['lr_small']}, N={target['N']:g} -> "
+              f"{c['lr_big']}", flush=True)
+    print(f"reference best {ref_best:.4f} at lr={ref_lr:g}, bs={ref_bs}", flush=True)
     if ref_lr in (min(plan.grid_lr), max(plan.grid_lr)):
         print("warning: the reference optimum sits on the lr grid's edge", flush=True)
 
@@ -523,9 +541,8 @@ def load_run(plan: Plan, out: Path) -> dict[str, Any]:
     check = optuna.load_study(study_name="check", storage=ref_storage)
     ref = optuna.load_study(study_name="reference", storage=ref_storage)
     res: dict[str, Any] = {"plan": plan}
-    res.update(col_small=lr_column(check, plan.check_bs), col_big=lr_column(ref, plan.check_bs),
-               lr_small=grid_argmin(check)[0], lr_big=grid_argmin(ref, plan.check_bs)[0],
-               ref=grid_argmin(ref), ref_curve=curve(ref), check_curve=curve(check))
+    res.update(check=lr_check(check, ref, plan.check_bs), ref=grid_argmin(ref),
+               ref_curve=curve(ref), check_curve=curve(check))
     laws = [ScalingLaw.for_space(space, prior="steplaw")] + [
         ScalingLaw.load(v) for v in versions(out / "lm.law.json")]
     rungs = []
@@ -655,24 +672,38 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          "search them.",
          ""]
     # lr check
-    moved = res["lr_small"] != res["lr_big"]
-    i_small, i_big = interp_argmin(res["col_small"]), interp_argmin(res["col_big"])
+    from raylaw.priors import STEPLAW
+
+    b_n, b_d = STEPLAW["lr"]["mean"][1:]  # D = tokens_per_param x N: lr ~ N^(b_N + b_D)
+    expect = (b_n + b_d) * math.log(n_t / plan.ladder[0])
     L += ["### Does the optimum lr move across the ladder?", "",
-          f"Loss at batch size {plan.check_bs}, {fixed}, full length; 'interpolated' is the "
-          "vertex of the parabola through the grid argmin and its two neighbours in log lr:", "",
-          "| lr | " + " | ".join(f"{lr:g}" for lr in plan.grid_lr) + " | argmin | interpolated |",
-          "|---|" + "---:|" * (len(plan.grid_lr) + 2)]
-    for n, col, am, ia in ((plan.ladder[0], res["col_small"], res["lr_small"], i_small),
-                           (n_t, res["col_big"], res["lr_big"], i_big)):
-        L.append(f"| N={n:g} | " + " | ".join(
-            "div." if col.get(lr) is None else f"{col[lr]:.4f}" for lr in plan.grid_lr)
-            + f" | {am:g} | {ia:.3g} |")
-    L += ["", f"The grid argmin {'moves' if moved else 'does NOT move'}: "
-          f"{res['lr_small']:g} at N={plan.ladder[0]:g} -> {res['lr_big']:g} at N={n_t:g} "
-          f"({math.log(res['lr_big'] / res['lr_small']):+.2f} in log lr; grid step "
-          f"{math.log(plan.grid_lr[1] / plan.grid_lr[0]):.2f}); interpolated: {i_small:.3g} -> "
-          f"{i_big:.3g} ({math.log(i_big / i_small):+.2f} in log lr; one run per point, so "
-          "this is a noisy estimate)."
+          f"Loss at each batch size of the check, {fixed}, full length ('-': not run); "
+          "'interpolated' is the vertex of the parabola through the grid argmin and its two "
+          "neighbours in log lr:", "",
+          "| bs | N | " + " | ".join(f"lr {lr:g}" for lr in plan.grid_lr)
+          + " | argmin | interpolated |", "|---:|---:|" + "---:|" * (len(plan.grid_lr) + 2)]
+    said = []
+    for bs, c in res["check"].items():
+        for n, col, am in ((plan.ladder[0], c["col_small"], c["lr_small"]),
+                           (n_t, c["col_big"], c["lr_big"])):
+            cells = ["-" if lr not in col else "div." if col[lr] is None else f"{col[lr]:.4f}"
+                     for lr in plan.grid_lr]
+            ia = "-" if am is None else f"{interp_argmin(col):.3g}"
+            L.append(f"| {bs} | {n:g} | " + " | ".join(cells)
+                     + f" | {'-' if am is None else f'{am:g}'} | {ia} |")
+        if c["lr_small"] is None or c["lr_big"] is None:
+            said.append(f"At bs {bs} the check has not run at both scales.")
+            continue
+        i_small, i_big = interp_argmin(c["col_small"]), interp_argmin(c["col_big"])
+        moved = c["lr_small"] != c["lr_big"]
+        said.append(f"At bs {bs} the grid argmin {'moves' if moved else 'does NOT move'}: "
+                    f"{c['lr_small']:g} -> {c['lr_big']:g} "
+                    f"({math.log(c['lr_big'] / c['lr_small']):+.2f} in log lr); interpolated "
+                    f"{i_small:.3g} -> {i_big:.3g} ({math.log(i_big / i_small):+.2f}).")
+    L += ["", " ".join(said) + f" Grid step {math.log(plan.grid_lr[1] / plan.grid_lr[0]):.2f} "
+          f"in log lr; the Step Law exponents give {expect:+.2f} from N={plan.ladder[0]:g} to "
+          f"N={n_t:g} at D = {plan.tokens_per_param:g} N; one run per point, so the "
+          "interpolated values are noisy."
           + (" The reference grid's best lr sits on the grid's edge."
              if ref_lr in (min(plan.grid_lr), max(plan.grid_lr)) else ""), ""]
     # per-rung prediction error
@@ -828,8 +859,10 @@ def plot(res: dict[str, Any], s: dict[str, Any], path: Path) -> None:
         f = r["result"].optimum.values.get("lr") if r["result"].optimum else None
         if f is not None:
             bx.plot([ns[i] * 1.06], [f], "C3x", label="raylaw sweep optimum" if i == 0 else None)
-    bx.plot([plan.ladder[0], plan.ladder[-1]], [res["lr_small"], res["lr_big"]], "ks",
-            mfc="none", label=f"grid argmin (bs={plan.check_bs})")
+    for (bs, c), marker in zip(res["check"].items(), "sD^v"):
+        if c["lr_small"] is not None and c["lr_big"] is not None:
+            bx.plot([plan.ladder[0], plan.ladder[-1]], [c["lr_small"], c["lr_big"]],
+                    f"k{marker}", mfc="none", label=f"grid argmin (bs={bs})")
     bx.set_xscale("log")
     bx.set_yscale("log")
     bx.set_xlabel("N (non-embedding parameters)")
