@@ -818,6 +818,8 @@ def plot(res: dict[str, Any], s: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from raylaw.plot import scale_ticks
+
     plan: Plan = res["plan"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
     for key, color in (("a", "C0"), ("b", "C1"), ("c", "C2"), ("ref", "C7")):
@@ -865,6 +867,7 @@ def plot(res: dict[str, Any], s: dict[str, Any], path: Path) -> None:
                     f"k{marker}", mfc="none", label=f"grid argmin (bs={bs})")
     bx.set_xscale("log")
     bx.set_yscale("log")
+    scale_ticks(bx.xaxis)
     bx.set_xlabel("N (non-embedding parameters)")
     bx.set_ylabel("learning rate")
     bx.grid(alpha=0.3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,6 @@ def plot_law(law: ScalingLaw, out: str | Path, coverage: float = 0.9) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     panels = [(h, k) for h, t in law.terms.items() if t.fitted for k in t.depends_on]
     if not panels:
@@ -56,10 +56,7 @@ def plot_law(law: ScalingLaw, out: str | Path, coverage: float = 0.9) -> None:
         others = ", ".join(f"{k}={ref[k]:.3g}" for k in term.depends_on if k != var)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        # label 1, 2 and 5 of each decade: matplotlib's labelled minor ticks collide on x
-        ax.xaxis.set_major_locator(LogLocator(10, subs=(1, 2, 5)))
-        ax.xaxis.set_major_formatter(FuncFormatter(_short))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        scale_ticks(ax.xaxis)
         ax.set_xlabel(var + (f"  ({others})" if others else ""))
         ax.set_ylabel(f"optimal {name}")
         ax.grid(True, which="both", alpha=0.3)
@@ -76,7 +73,15 @@ def _gmean(v: list[float]) -> float:
     return float(math.exp(np.mean(np.log(v))))
 
 
-def _short(x: float, _pos: object = None) -> str:
-    """A scale tick as 2e4, 5e4, 1e5 (the way scales are written on the command line)."""
-    mant, exp = f"{x:.0e}".split("e")
-    return f"{mant}e{int(exp)}"
+def scale_ticks(axis: Any) -> None:
+    """Label a log axis of scales at 1, 2 and 5 of each decade as 2e4, 5e4, 1e5 (as scales are
+    written on the command line); matplotlib's own labelled minor ticks collide."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def short(x: float, _pos: object = None) -> str:
+        mant, exp = f"{x:.0e}".split("e")
+        return f"{mant}e{int(exp)}"
+
+    axis.set_major_locator(LogLocator(10, subs=(1, 2, 5)))
+    axis.set_major_formatter(FuncFormatter(short))
+    axis.set_minor_formatter(NullFormatter())
