@@ -58,12 +58,8 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
         y = -y
     varying = [j for j in range(len(names)) if len(y) == 1 or np.ptp(z[:, j]) > 0]
     zv = z[:, varying]
-    center, sigma, method, hess = _estimate(zv, y)
-    if method == "single":
-        # one completed trial locates nothing by itself (under ASHA it is often the first
-        # trial, which always runs to the end): the optimum is anywhere the sweep looked
-        tried = z_all[np.all(np.isfinite(z_all), axis=1)][:, varying]
-        sigma = np.maximum(sigma, tried.std(axis=0))
+    tried = z_all[np.all(np.isfinite(z_all), axis=1)][:, varying]
+    center, sigma, method, hess = _estimate(zv, y, tried)
     values, sigmas = {}, {}
     for k, j in enumerate(varying):
         values[names[j]] = float(math.exp(center[k]))
@@ -78,10 +74,11 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
                    curvature)
 
 
-def _estimate(z: np.ndarray, y: np.ndarray
+def _estimate(z: np.ndarray, y: np.ndarray, tried: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
     """Center, std (log space), method and curvature of the optimum from points z (n x d)
-    with metric y (minimized). The curvature is the Hessian of the relative gap y/y_best - 1."""
+    with metric y (minimized); ``tried`` (m x d) holds every trial's point, finished or not.
+    The curvature is the Hessian of the relative gap y/y_best - 1."""
     n, d = z.shape
     best = int(np.argmin(y))
     gap = (y - y[best]) / max(abs(y[best]), 1e-12)
@@ -117,8 +114,9 @@ def _estimate(z: np.ndarray, y: np.ndarray
     w = 1.0 / (1.0 + gap[idx] / max(np.median(gap[idx]), 1e-9))
     c = (w[:, None] * z[idx]).sum(axis=0) / w.sum()
     spread = np.sqrt((w[:, None] * (z[idx] - c) ** 2).sum(axis=0) / w.sum())
-    if n == 1:
-        return z[0], np.full(d, 0.5), "single", None
+    if n == 1:  # locates nothing by itself (under ASHA often the first trial, which always
+        # runs to the end): the optimum is anywhere the sweep looked
+        return z[0], np.maximum(0.5, tried.std(axis=0)), "single", None
     return c, np.maximum(spread, np.maximum(spacing / 2, MIN_SIGMA)), "centroid", None
 
 
