@@ -109,6 +109,17 @@ def test_resume_at_the_end_reports_once_more(tmp_path: Path) -> None:
     assert again[0]["loss"] == pytest.approx(full[-1]["loss"], abs=1e-5)
 
 
+def test_init_and_data_seeds_apart() -> None:
+    config = {**TINY, "scale": {"N": 2e4, "D": 2e4}, "eval_every": 1}
+    loss = {k: _collect({**config, **extra})[-1]["loss"] for k, extra in {
+        "seed 0": {}, "both 0": {"seed": 5, "init_seed": 0, "data_seed": 0},
+        "seed 1": {"seed": 1}, "init 1": {"init_seed": 1}, "data 1": {"data_seed": 1},
+        "init 1 data 1": {"init_seed": 1, "data_seed": 1}}.items()}
+    assert loss["both 0"] == loss["seed 0"]  # the specific keys override ``seed``
+    assert loss["init 1 data 1"] == loss["seed 1"]
+    assert len({loss["seed 0"], loss["init 1"], loss["data 1"], loss["seed 1"]}) == 4
+
+
 def test_default_split_is_deterministic() -> None:
     train, val = lm.load_data()
     lm._DATA_CACHE.clear()

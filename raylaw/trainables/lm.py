@@ -295,7 +295,8 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     The checkpoint directory passed to ``report`` is only valid during the call (None when the
     trial diverged). A run restored from ``checkpoint_dir`` continues from the saved step with
     the saved model, optimizer and data-sampler state. Config keys besides the hyperparameters
-    and ``scale``: ``seq_len``, ``seed``, ``threads``, ``data``, ``eval_every`` (evaluations per
+    and ``scale``: ``seq_len``, ``seed`` (or ``init_seed`` and ``data_seed`` apart: the
+    initialization and the data order), ``threads``, ``data``, ``eval_every`` (evaluations per
     run), ``eval_tokens`` and ``final_eval_tokens`` (validation bytes of each / the last one).
     """
     device = pick_device()
@@ -318,10 +319,11 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     eval_tokens = int(config.get("eval_tokens", DEFAULT_EVAL_TOKENS))
     final_tokens = int(config.get("final_eval_tokens",
                                   max(eval_tokens, DEFAULT_FINAL_EVAL_TOKENS)))
-    torch.manual_seed(int(config.get("seed", 0)))
+    seed = int(config.get("seed", 0))
+    torch.manual_seed(int(config.get("init_seed", seed)))
     model = GPT(*shape_for(N), seq_len=seq_len).to(device)
     opt = make_optimizer(model, peak_lr, float(config.get("weight_decay", 0.0)))
-    gen = torch.Generator().manual_seed(int(config.get("seed", 0)))
+    gen = torch.Generator().manual_seed(int(config.get("data_seed", seed)))
     step, best, train_loss = 0, math.inf, math.nan
     if checkpoint_dir is not None:
         path = Path(checkpoint_dir, CHECKPOINT_FILE)
