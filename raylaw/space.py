@@ -9,7 +9,7 @@ distributions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,29 @@ class SearchSpace:
             raise RaylawError(f"{where}: field 'trainable' must be 'module:function'")
         return cls(name, metric, mode, scale, governed, free, fidelity, budget, trainable,
                    None if where == "space" else where)
+
+    def fix(self, values: dict[str, Any]) -> SearchSpace:
+        """A copy without the free hyperparameters named in ``values`` (held at those values).
+
+        Other names pass through (plain trial constants). A governed hyperparameter cannot be
+        fixed: the law sets its range, and a sweep that never varies it cannot refit the law.
+        """
+        for name, value in values.items():
+            if name in self.governed:
+                raise RaylawError(f"constant {name}={value!r}: {name} is governed by the law "
+                                  f"of space {self.name!r}, so the sweep must search it")
+            p = self.free.get(name)
+            if p is None:
+                continue
+            ok = value in p.choices if p.choices is not None else (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and p.low <= value <= p.high)
+            if not ok:
+                want = (f"one of {list(p.choices)}" if p.choices is not None
+                        else f"a number in [{p.low:g}, {p.high:g}]")
+                raise RaylawError(f"constant {name}={value!r}: expected {want}, the range of "
+                                  f"free hyperparameter {name} in space {self.name!r}")
+        return replace(self, free={k: p for k, p in self.free.items() if k not in values})
 
     # narrowing --------------------------------------------------------------------------------
     def narrowed(self, law: Any = None, scale: dict[str, float] | None = None,

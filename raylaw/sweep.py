@@ -160,7 +160,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     loopback_ray_env(address)
     from raylaw.search import LawSearch
 
-    space, scale = cfg.space, cfg.space.check_scale(cfg.scale)
+    # a free hyperparameter among the constants is held there, not searched
+    space, scale = cfg.space.fix(cfg.constants), cfg.space.check_scale(cfg.scale)
     spec = cfg.trainable or space.trainable or DEFAULT_TRAINABLE
     trainable = load_trainable(spec)
     law = load_law(cfg.law_path, space, cfg.prior)
@@ -176,6 +177,9 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
                          seed=cfg.seed)
     study, resumed = create_sweep(storage, space, scale, space.mode, sampler, cfg.resume,
                                   cfg.study_name)
+    fixed = {k: v for k, v in cfg.constants.items() if k in cfg.space.free}
+    if fixed:
+        study.set_user_attr("fixed", fixed)  # held for every trial, so not in trial.params
     finished = study.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     remaining = max(cfg.samples - len(finished), 0)
@@ -253,7 +257,8 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
     completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if completed:
         best = min(completed, key=lambda t: t.value if space.mode == "min" else -t.value)
-        best_value, best_params = best.value, best.params
+        fixed = {k: v for k, v in cfg.constants.items() if k in cfg.space.free}
+        best_value, best_params = best.value, {**best.params, **fixed}
     after, version = None, None
     evidence = optima_from_studies(storage, space, [s.study_name for s in sweep_studies(
         storage, space.name)])
