@@ -1014,6 +1014,7 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
          "(c)/(a) incl. ladder, N-weighted | law lr log err at target | law bs log err |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     met = {"b": 0, "c": 0}
+    held = runs[0][1].get("methods_fixed")  # pool only the runs with the first one's protocol
     runs = sorted(runs, key=lambda r: (int(_run_seed(r[0])), _sampler_seed(r[0]) or -1))
     for meta, res in runs:
         s = summarize(res)
@@ -1033,6 +1034,8 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
             seed += f", (a) sampler {_sampler_seed(meta)}"
         name = _flag(meta.get("command", ""), "--out")
         label = f"{Path(name).name}: seed {seed}" if name else f"seed {seed}"
+        if not res.get("methods_fixed"):
+            label += "; methods searched weight decay and warmup"
         L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -1041,7 +1044,12 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
     L += ["", f"(b)/(a) >= 3x in {met['b']} of {n} runs; (c)/(a) >= 5x in {met['c']} of {n} "
           "runs ('never' = the baseline spent its whole allowance without reaching the target, "
           "so its ratio is at least the one shown).", ""]
-    L += pooled([summarize(res)["rows"] for _, res in runs])
+    same = [res for _, res in runs if res.get("methods_fixed") == held]
+    if len(same) < n:
+        L += [f"Pooled below: the {len(same)} runs whose methods "
+              + ("held " + ", ".join(held) if held else "searched weight decay and warmup")
+              + " as the first run's did.", ""]
+    L += pooled([summarize(res)["rows"] for res in same])
     return L
 
 

@@ -222,6 +222,8 @@ def test_a_law_file_is_never_half_written(tmp_path):
     ("bad_store_driver", "--store"),
     ("bad_grace", "--grace-fraction 0: expected a share of the budget in (0, 1]"),
     ("bad_reduction", "--reduction-factor 1: expected an integer >= 2"),
+    ("fixed_governed", "constant lr=0.01: lr is governed by the law of space 'lm'"),
+    ("fixed_out_of_range", "constant weight_decay=5: expected a number in [0.001, 0.3]"),
 ])
 def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
     space = yaml.safe_load(LM_SPACE.read_text())
@@ -247,6 +249,10 @@ def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
         extra = ["--grace-fraction", "0"]
     elif case == "bad_reduction":
         extra = ["--reduction-factor", "1"]
+    elif case == "fixed_governed":
+        extra = ["--config", "lr=0.01"]
+    elif case == "fixed_out_of_range":
+        extra = ["--config", "weight_decay=5"]
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
     args = sweep_args(tmp_path, *extra, scale=scale, trainable=trainable)

@@ -108,3 +108,17 @@ def test_scale_checks():
         s.check_scale({"N": -1, "D": 1})
     with pytest.raises(RaylawError, match="unknown scale variable 'Q'"):
         s.check_scale({"N": 1, "D": 1, "Q": 1})
+
+
+def test_fix_holds_free_hyperparameters_and_refuses_governed_ones():
+    lm = SearchSpace.load(LM_SPACE)
+    fixed = lm.fix({"weight_decay": 0.03, "threads": 1})  # 'threads': a plain constant
+    assert set(fixed.free) == {"warmup"} and fixed.governed == lm.governed
+    assert set(fixed.optuna_distributions()) == {"lr", "batch_size", "warmup"}
+    assert set(lm.free) == {"weight_decay", "warmup"}  # the original is unchanged
+    with pytest.raises(RaylawError, match=r"constant lr=0\.01: lr is governed by the law"):
+        lm.fix({"lr": 0.01})
+    for bad in (5.0, "high", True):
+        with pytest.raises(RaylawError, match=r"weight_decay=.*expected a number in "
+                                              r"\[0\.001, 0\.3\].*space 'lm'"):
+            lm.fix({"weight_decay": bad})

@@ -48,8 +48,8 @@ def trials(tmp_path):
 
 
 def test_sweep_with_the_built_in_lm_end_to_end(ray_local, tmp_path, capsys):
-    code = main(sweep_args(tmp_path, "--config", "eval_every=4", scale=("N=2e4", "D=6e4"),
-                           samples=3, trainable=None))
+    code = main(sweep_args(tmp_path, "--config", "eval_every=4", "--config", "weight_decay=0.02",
+                           scale=("N=2e4", "D=6e4"), samples=3, trainable=None))
     out = capsys.readouterr().out
     assert code == 0
     assert "== sweep lm[" in out and "law version 1 written" in out and "tokens trained" in out
@@ -60,9 +60,16 @@ def test_sweep_with_the_built_in_lm_end_to_end(ray_local, tmp_path, capsys):
         assert t.user_attrs["raylaw_status"] in ("completed", "stopped", "diverged")
         assert t.user_attrs["resources"] == {"cpu": 1.0, "gpu": 0.0}
         assert t.user_attrs["device"] == "cpu"  # no GPU asked for: CPU even on a GPU node
-        assert {"lr", "batch_size", "weight_decay", "warmup"} <= set(t.params)
+        assert set(t.params) == {"lr", "batch_size", "warmup"}  # weight decay held, not searched
     done = [t for t in ts if t.state == TrialState.COMPLETE]
     assert done and all(len(t.intermediate_values) >= 2 for t in done)  # learning curves kept
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    assert optuna.load_study(study_name=name, storage=storage).user_attrs["fixed"] == {
+        "weight_decay": 0.02}
+    ran = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("params.json")]
+    assert len(ran) == 3 and all(c["weight_decay"] == 0.02 for c in ran)  # what trials got
+    assert "weight_decay=0.02" in out  # the best trial's config, held value included
     law = json.loads((tmp_path / "law.json").read_text())
     assert law["provenance"]["version"] == 1 and len(law["optima"]) == 1
     assert [p.name for p in versions(tmp_path / "law.json")] == ["v0001.json"]
