@@ -855,6 +855,7 @@ def plot(res: dict[str, Any], s: dict[str, Any], path: Path) -> None:
     ax.axhline(s["target"], color="k", linestyle=":", linewidth=1, label="1.005 x grid best")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative tokens trained at the target scale (completion order)")
+    scale_ticks(ax.xaxis)  # 2e6, 5e6, 1e7: the default minor labels collide
     ax.set_ylabel("best full-length validation loss (nats/byte)")
     bests = [r["best"] for r in s["rows"].values() if r["best"] is not None]
     lo = min(bests + [s["target"]])
@@ -1046,8 +1047,8 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
           "so its ratio is at least the one shown).", ""]
     same = [res for _, res in runs if res.get("methods_fixed") == held]
     if len(same) < n:
-        L += [f"Pooled below: the {len(same)} runs whose methods "
-              + ("held " + ", ".join(held) if held else "searched weight decay and warmup")
+        L += [f"Pooled below: {len(same)} of the {n} runs, those whose methods "
+              + ("held " + " and ".join(held) if held else "searched weight decay and warmup")
               + " as the first run's did.", ""]
     L += pooled([summarize(res)["rows"] for res in same])
     return L
@@ -1076,7 +1077,8 @@ def pooled(rows_per_run: list[dict]) -> list[str]:
         bound = "~" if low and high else ">= " if low else "<= " if high else ""
         verdict = ("met" if ratio >= goal and not high
                    else "NOT met" if ratio < goal and not low else "undetermined")
-        L.append(f"- Pooled over the {len(a)} runs, ({key}) / (a) = sum of ({key})'s costs / sum "
+        runs = f"{len(a)} run{'s' * (len(a) > 1)}"
+        L.append(f"- Pooled over {runs}, ({key}) / (a) = sum of ({key})'s costs / sum "
                  f"of (a)'s = {bound}{ratio:.2f}x (goal {goal:g}x: **{verdict}**).")
     if high:
         L.append("- (a) did not reach the target in every run; its full spend counts there, which "
