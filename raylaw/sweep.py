@@ -257,8 +257,8 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
     completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if completed:
         best = min(completed, key=lambda t: t.value if space.mode == "min" else -t.value)
-        fixed = {k: v for k, v in cfg.constants.items() if k in cfg.space.free}
-        best_value, best_params = best.value, {**best.params, **fixed}
+        best_value = best.value
+        best_params = {**best.params, **study.user_attrs.get("fixed", {})}
     after, version = None, None
     evidence = optima_from_studies(storage, space, [s.study_name for s in sweep_studies(
         storage, space.name)])
