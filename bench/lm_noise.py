@@ -11,7 +11,7 @@ within 0.5% of the luckiest one, which is what a method has to hit there.
 At the grid's best configuration it also varies the initialization alone (``init_seed``, data
 order 0) and the data order alone (``data_seed``, initialization 0), and asks how early a run's
 luck shows: the correlation, within each group of runs of one configuration, between the loss
-at a quarter (and half) of the tokens and the final loss.
+at a quarter, half and three quarters of the tokens and the final loss.
 
 No Ray: two plain processes, one torch thread each. Writes the section
 "## LM final-loss noise (bench/lm_noise.py)" of BENCHMARKS.md.
