@@ -34,9 +34,13 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
    lr x batch size only, and early stopping ranks weight decay backwards (at N = 1e5, lr 0.004,
    bs 1, weight decay 0.03 trails 0.005 by 1-1.3% through the first 40% of the run and ends
    2.5% ahead), so searching it under ASHA drove (a) and (b) to weight decays the grid beats.
+   ``run_sweep`` passes ASHA's rungs to the trainable, which measures the loss there after a
+   cooldown of 10% of the steps so far (on a copy of the run; those tokens count in (a)'s cost).
 3. (b) ASHA over the full space: ``LawSearch`` over an Optuna study with a ``RandomSampler``
    over ``space.fix(plan.fixed).optuna_distributions()`` (the hard ranges of lr and bs) and the
-   same ``ASHAScheduler`` settings ``run_sweep`` uses (grace D/9, reduction factor 3).
+   same ``ASHAScheduler`` settings ``run_sweep`` uses (grace D/9, reduction factor 3). Its
+   trials are not told the rungs, so ASHA compares their plain mid-schedule loss, as a Ray Tune
+   user's trainable reports it.
 4. (c) Optuna TPE over the full space without early stopping: ``LawSearch`` over a study with
    ``TPESampler(multivariate=True, n_startup_trials=4)`` (the base sampler ``LawSampler`` uses),
    no scheduler. Its sampler seed is ``--seed`` + 1: with the same seed as (b)'s
@@ -46,8 +50,8 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
    that stops on its allowance cost more than its goal, so the target is decided either way.
 
 Cost of a method at the target scale = tokens trained by all of its trials, summed in the order
-they finished (Optuna ``datetime_complete``; a trial's tokens are the last fidelity it reported,
-from the store) up to and including the first completed full-length trial with loss <= 1.005 L*;
+they finished (Optuna ``datetime_complete``; a trial's tokens are what it trained, cooldowns
+included: the store's ``spent``) up to and including the first completed full-length trial with loss <= 1.005 L*;
 "never" if none does. For (a) the cost including the ladder adds every token of the smaller
 rungs, raw and weighted by N / N_target (the same compute as that many target-scale tokens,
 since training FLOPs per token scale ~ N). Targets at the target scale: (a) >= 3x cheaper than
@@ -169,7 +173,8 @@ class UntilTarget(Stopper):
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         t = float(result.get(self.space.fidelity) or 0.0)
-        self.tokens[trial_id] = max(t, self.tokens.get(trial_id, 0.0))
+        spent = float(result.get(f"{self.space.fidelity}_spent") or t)  # cooldowns included
+        self.tokens[trial_id] = max(spent, self.tokens.get(trial_id, 0.0))
         value = result.get(self.space.metric)
         if (t >= self.budget and value is not None and not result.get("diverged")
                 and math.isfinite(value) and value <= self.target):
@@ -201,6 +206,7 @@ def record_cut_off(study: optuna.Study, stop: UntilTarget) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get(RAY_TRIAL_ATTR) == trial_id:
             study._storage.set_trial_user_attr(t._trial_id, "fidelity", float(tokens))
+            study._storage.set_trial_user_attr(t._trial_id, "spent", stop.tokens[trial_id])
             study._storage.set_trial_user_attr(t._trial_id, STATUS_ATTR, "completed")
             study.tell(t.number, value)
 
@@ -285,14 +291,14 @@ class Curve:
 
 
 def curve(study: optuna.Study) -> Curve:
-    """Tokens per trial from the store (``trials_frame``: fidelity, else last step)."""
+    """Tokens per trial from the store (``trials_frame``'s ``spent``: cooldowns included)."""
     df = trials_frame(study)
     when = {t.number: t.datetime_complete for t in study.get_trials(deepcopy=False)}
     if df.empty:
         return Curve([], [], [])
     df["done_at"] = df["number"].map(when)
     df = df.sort_values(["done_at", "number"])
-    tokens = df["fidelity"].fillna(df["step"]).fillna(0).astype(float).tolist()
+    tokens = df["spent"].fillna(0).astype(float).tolist()
     values = [float(v) if s == "completed" and v is not None and math.isfinite(v) else None
               for v, s in zip(df["value"], df["status"])]
     keys = [k for k in ("lr", "batch_size", "weight_decay", "warmup") if k in df.columns]
@@ -565,7 +571,7 @@ def load_run(plan: Plan, out: Path) -> dict[str, Any]:
         r = SimpleNamespace(
             study_name=study.study_name, optimum=optimum,
             counts=df["status"].value_counts().to_dict(),
-            tokens_trained=float(df["fidelity"].fillna(df["step"]).fillna(0).sum()),
+            tokens_trained=float(df["spent"].fillna(0).sum()),
             best_value=float(done["value"].min()) if len(done) else None)
         rungs.append({"scale": scale, "pred": laws[i].predict(scale), "result": r,
                       "curve": curve(study)})

@@ -217,7 +217,8 @@ def enqueue_prediction(study: Study, law: ScalingLaw, space: SearchSpace,
 
 # laws from existing studies ----------------------------------------------------------------
 def trials_frame(study: Study) -> pd.DataFrame:
-    """A study's finished trials as rows: params, ``value``, ``status`` and the fidelity step."""
+    """A study's finished trials as rows: params, ``value``, ``status``, the fidelity reached
+    (``step``, ``fidelity``) and what the trial cost in its units (``spent``)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
@@ -227,9 +228,11 @@ def trials_frame(study: Study) -> pd.DataFrame:
             status = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "stopped",
                       TrialState.FAIL: "errored"}[t.state]
         steps = t.intermediate_values
+        step = max(steps) if steps else None
+        fidelity = t.user_attrs.get("fidelity")
+        spent = t.user_attrs.get("spent", fidelity if fidelity is not None else step)
         rows.append({**t.params, "value": t.value, "status": status, "number": t.number,
-                     "step": max(steps) if steps else None,
-                     "fidelity": t.user_attrs.get("fidelity")})
+                     "step": step, "fidelity": fidelity, "spent": spent})
     return pd.DataFrame(rows)
 
 

@@ -4,7 +4,9 @@ Unlike Ray's own ``OptunaSearch``, a trial that ASHA stopped early is told to Op
 PRUNED (its learning curve is in the intermediate values, keyed by fidelity), never as
 COMPLETE with a low-fidelity value; a diverged trial is FAIL with status ``diverged``; a
 crashed one FAIL with status ``errored``. The study's storage is the durable store: each
-result is written as it arrives, so a crash of the driver loses no finished trial.
+result is written as it arrives, so a crash of the driver loses no finished trial. A trainable
+that trains more than its fidelity says (the LM's cooldowns at rungs) reports the total as
+``<fidelity>_spent``; it is kept as the trial's ``spent`` attribute.
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ class LawSearch(Searcher):
         trial.set_user_attr(STATUS_ATTR, status)
         if result and self.fidelity and result.get(self.fidelity) is not None:
             trial.set_user_attr("fidelity", float(result[self.fidelity]))
+            spent = result.get(f"{self.fidelity}_spent")  # more than the fidelity: cooldowns
+            if isinstance(spent, (int, float)):
+                trial.set_user_attr("spent", float(spent))
         if result and isinstance(result.get("device"), str):
             trial.set_user_attr("device", result["device"])
         if status == "completed":

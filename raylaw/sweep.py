@@ -188,13 +188,17 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     distributions = space.optuna_distributions()
     budget = scale.get(space.budget) if space.budget else None
     resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    scheduler = asha_scheduler(space, budget, cfg.grace_fraction, cfg.reduction_factor, study)
+    rungs = asha_rungs(scheduler, budget)  # the trainable may evaluate there (and cool down)
     search = LawSearch(study, distributions, space.metric, space.mode,
-                       constants={"scale": scale, **cfg.constants}, fidelity=space.fidelity,
-                       budget=budget, resources=resources)
+                       constants={"scale": scale, **({"rungs": rungs} if rungs else {}),
+                                  **cfg.constants},
+                       fidelity=space.fidelity, budget=budget, resources=resources)
     if remaining > 0:
         try:
             init_ray(address)
-            _run_tuner(cfg, space, study, search, trainable, spec, resources, budget, remaining)
+            _run_tuner(cfg, space, study, search, scheduler, trainable, spec, resources,
+                       remaining)
         except BaseException:
             if not resumed and not study.get_trials(deepcopy=False, states=(
                     TrialState.COMPLETE, TrialState.PRUNED)):
@@ -212,13 +216,12 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
 
 
 def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search: Any,
-               trainable: Callable, spec: str, resources: dict[str, float],
-               budget: float | None, remaining: int) -> None:
-    """Run the trials on Ray Tune with ASHA on the space's fidelity."""
+               scheduler: Any, trainable: Callable, spec: str, resources: dict[str, float],
+               remaining: int) -> None:
+    """Run the trials on Ray Tune with ``scheduler`` (ASHA on the space's fidelity, or None)."""
     from ray import tune
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    scheduler = asha_scheduler(space, budget, cfg.grace_fraction, cfg.reduction_factor, study)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
@@ -251,7 +254,7 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
         optimum = extract_optimum(df.rename(columns={"value": space.metric}), space, scale,
                                   source=f"sweep {study.study_name}")
     budget = scale.get(space.budget) if space.budget else None
-    tokens = float(df["fidelity"].fillna(df["step"]).fillna(0).sum()) if not df.empty else 0.0
+    tokens = float(df["spent"].fillna(0).sum()) if not df.empty else 0.0
     full = float(len(df) * budget) if budget else 0.0
     best_value, best_params = None, {}
     completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
@@ -304,6 +307,12 @@ def asha_scheduler(space: SearchSpace, budget: float | None,
     if study is not None:
         _restore_rungs(scheduler, study, space)
     return scheduler
+
+
+def asha_rungs(scheduler: Any, budget: float | None) -> list[float]:
+    """The fidelity values at which ``scheduler`` (ASHA) compares trials, short of the budget."""
+    milestones = {float(m) for b in getattr(scheduler, "_brackets", []) for m, _ in b._rungs}
+    return sorted(m for m in milestones if budget is None or m < budget * (1 - 1e-9))
 
 
 def _restore_rungs(scheduler: Any, study: optuna.Study, space: SearchSpace) -> None:
