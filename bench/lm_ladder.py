@@ -51,11 +51,11 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
 
 Cost of a method at the target scale = tokens trained by all of its trials, summed in the order
 they finished (Optuna ``datetime_complete``; a trial's tokens are what it trained, cooldowns
-included: the store's ``spent``) up to and including the first completed full-length trial with loss <= 1.005 L*;
-"never" if none does. For (a) the cost including the ladder adds every token of the smaller
-rungs, raw and weighted by N / N_target (the same compute as that many target-scale tokens,
-since training FLOPs per token scale ~ N). Targets at the target scale: (a) >= 3x cheaper than
-(b) and >= 5x cheaper than (c).
+included: the store's ``spent``) up to and including the first completed full-length trial
+with loss <= 1.005 L*; "never" if none does. For (a) the cost including the ladder adds every
+token of the smaller rungs, raw and weighted by N / N_target (the same compute as that many
+target-scale tokens, since training FLOPs per token scale ~ N). Targets at the target scale:
+(a) >= 3x cheaper than (b) and >= 5x cheaper than (c).
 
 Stores, law and Tune results go to ``--out`` (default: a temporary directory). The table is
 printed and written to the section "## LM ladder on CPU (bench/lm_ladder.py)" of BENCHMARKS.md
@@ -151,6 +151,13 @@ def constants(plan: Plan) -> dict[str, Any]:
     """Every trial's constants, the plan's fixed hyperparameters included."""
     return {"threads": 1, "eval_every": plan.eval_every, "eval_tokens": plan.eval_tokens,
             "final_eval_tokens": plan.final_eval_tokens, "seed": plan.seed, **plan.fixed}
+
+
+def rung_cooldown(plan: Plan) -> float:
+    """The cooldown (a)'s trials run at ASHA's rungs: the trainable's default."""
+    from raylaw.trainables.lm import DEFAULT_COOLDOWN
+
+    return float(constants(plan).get("cooldown", DEFAULT_COOLDOWN))
 
 
 def scale_of(plan: Plan, n: float) -> dict[str, float]:
@@ -409,7 +416,8 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
     ref_storage = open_store(f"sqlite:///{out / 'reference.db'}")
     base_storage = open_store(f"sqlite:///{out / 'baselines.db'}")
     small, target = scale_of(plan, plan.ladder[0]), scale_of(plan, plan.ladder[-1])
-    res: dict[str, Any] = {"plan": plan, "wall": {}, "methods_fixed": plan.fixed}
+    res: dict[str, Any] = {"plan": plan, "wall": {}, "methods_fixed": plan.fixed,
+                           "rung_cooldown": rung_cooldown(plan)}
     init_ray(None)
 
     def phase(name: str, t0: float) -> None:
@@ -686,7 +694,12 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          "on the same ranges, no scheduler. " + (
              f"Every method holds {fixed} as the grid does (trial constants, not searched)."
              if res.get("methods_fixed") else "The grid fixes weight decay and warmup; the "
-             "methods search them (runs before the methods held them fixed)."),
+             "methods search them (runs before the methods held them fixed).")
+         + (f" At ASHA's rungs (a)'s trials report their loss after a cooldown of "
+            f"{res['rung_cooldown']:g} of the steps so far (counted in its cost); (b)'s report "
+            "the plain mid-schedule loss." if res.get("rung_cooldown") else
+            " (a)'s trials report the plain mid-schedule loss at ASHA's rungs (run before "
+            "the cooldown at rungs)."),
          ""]
     # lr check
     from raylaw.priors import STEPLAW
@@ -960,7 +973,8 @@ def main() -> None:
                                                     "load": load, "plan": plan.name,
                                                     "seed": args.seed,
                                                     "sampler_seed": args.sampler_seed,
-                                                    "fixed": plan.fixed}))
+                                                    "fixed": plan.fixed,
+                                                    "rung_cooldown": rung_cooldown(plan)}))
     write_report(args, res, command, wall, load)
     print(f"wall time {wall / 60:.1f} min; stores in {out}")
 
@@ -993,6 +1007,7 @@ def report_from(args: argparse.Namespace, plan: Plan) -> None:
         res = load_run(plan, out)
         meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
         res["methods_fixed"] = meta.get("fixed", {})
+        res["rung_cooldown"] = meta.get("rung_cooldown", 0.0)  # recorded since 2fc23c9
         if meta.get("plan", plan.name) != plan.name:
             raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
         meta.setdefault("command", f"python bench/lm_ladder.py{' --quick' * args.quick} "
@@ -1021,7 +1036,8 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
          "(c)/(a) incl. ladder, N-weighted | law lr log err at target | law bs log err |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     met = {"b": 0, "c": 0}
-    held = runs[0][1].get("methods_fixed")  # pool only the runs with the first one's protocol
+    # pool only the runs with the first one's protocol
+    held, cool = runs[0][1].get("methods_fixed"), runs[0][1].get("rung_cooldown")
     runs = sorted(runs, key=lambda r: (int(_run_seed(r[0])), _sampler_seed(r[0]) or -1))
     for meta, res in runs:
         s = summarize(res)
@@ -1043,6 +1059,8 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
         label = f"{Path(name).name}: seed {seed}" if name else f"seed {seed}"
         if not res.get("methods_fixed"):
             label += "; methods searched weight decay and warmup"
+        if not res.get("rung_cooldown"):
+            label += "; (a) without cooldown at rungs"
         L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -1051,10 +1069,13 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
     L += ["", f"(b)/(a) >= 3x in {met['b']} of {n} runs; (c)/(a) >= 5x in {met['c']} of {n} "
           "runs ('never' = the baseline spent its whole allowance without reaching the target, "
           "so its ratio is at least the one shown).", ""]
-    same = [res for _, res in runs if res.get("methods_fixed") == held]
+    same = [res for _, res in runs
+            if res.get("methods_fixed") == held and res.get("rung_cooldown") == cool]
     if len(same) < n:
         L += [f"Pooled below: {len(same)} of the {n} runs, those whose methods "
               + ("held " + " and ".join(held) if held else "searched weight decay and warmup")
+              + (f" and whose (a) cooled down for {cool:g} of the steps at rungs" if cool
+                 else " and whose (a) had no cooldown at rungs")
               + " as the first run's did.", ""]
     L += pooled([summarize(res)["rows"] for res in same])
     return L

@@ -60,6 +60,7 @@ class LawSearch(Searcher):
         self.budget = budget
         self.resources = dict(resources or {})
         self._live: dict[str, optuna.Trial] = {}
+        self._steps: dict[int, set[int]] = {}  # steps reported per trial (Optuna warns on repeats)
         self._rerun = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         self.counts = {"completed": 0, "stopped": 0, "diverged": 0, "errored": 0}
 
@@ -89,16 +90,20 @@ class LawSearch(Searcher):
         step = result.get(self.fidelity) if self.fidelity else None
         if step is None:
             step = result.get("training_iteration", 0)
-        trial.report(float(value), int(step))  # Optuna ignores a step already reported
+        seen = self._steps.setdefault(trial._trial_id, set())
+        if int(step) not in seen:  # the last result comes again with on_trial_complete
+            seen.add(int(step))
+            trial.report(float(value), int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         trial = self._live.pop(trial_id, None)
         if trial is None:
             return
-        status = trial_status(result, error, self.metric, self.fidelity, self.budget)
         if result:  # Tune hands the last result (where ASHA stopped it) only to this hook
             self._report(trial, result)
+        self._steps.pop(trial._trial_id, None)
+        status = trial_status(result, error, self.metric, self.fidelity, self.budget)
         self.counts[status] += 1
         trial.set_user_attr(STATUS_ATTR, status)
         if result and self.fidelity and result.get(self.fidelity) is not None:

@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler
 from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
 from raylaw.history import versions
-from raylaw.sweep import _restore_rungs, asha_scheduler
+from raylaw.sweep import _restore_rungs, asha_rungs, asha_scheduler
 from tests.conftest import LM_SPACE, STEPLAW_SPACE
 from tests.test_sweep import start_driver, sweep_args
 
@@ -88,6 +88,8 @@ def test_asha_flags_set_its_rungs_and_grace_fraction_1_turns_it_off(ray_local, t
     space = SearchSpace.load(LM_SPACE)
     sched = asha_scheduler(space, 1000.0, grace_fraction=0.25, reduction_factor=2)
     assert sorted(round(m) for m, _ in sched._brackets[0]._rungs) == [250, 500, 1000]
+    assert asha_rungs(sched, 1000.0) == [250.0, 500.0]  # what the trainable is told
+    assert asha_rungs(None, 1000.0) == []
     assert asha_scheduler(space, 1000.0, grace_fraction=1.0) is None
     # with the default ASHA this sweep completes 1 trial and stops 7
     assert main(sweep_args(tmp_path, "--grace-fraction", "1", samples=8)) == 0

@@ -109,6 +109,38 @@ def test_resume_at_the_end_reports_once_more(tmp_path: Path) -> None:
     assert again[0]["loss"] == pytest.approx(full[-1]["loss"], abs=1e-5)
 
 
+def test_cooldown_at_rungs_measures_without_changing_the_run(tmp_path: Path) -> None:
+    config = {**TINY, "scale": {"N": 2e4, "D": 4e4}, "eval_every": 2}
+    step_tokens = TINY["batch_size"] * 128
+    rungs = [4e4 / 9, 4e4 / 3]
+    plain = _collect(config)
+    cooled = _collect({**config, "rungs": rungs}, keep=tmp_path)
+    off = _collect({**config, "rungs": rungs, "cooldown": 0})
+    at = [math.ceil(r / step_tokens) * step_tokens for r in rungs]  # first report past a rung
+    assert [r["tokens"] for r in cooled] == sorted(at + [r["tokens"] for r in plain])
+    assert [r["tokens"] for r in off] == [r["tokens"] for r in cooled]
+    by_tokens = {r["tokens"]: r for r in cooled}
+    for r in plain:  # the branch trains a copy: the run itself is the same, step for step
+        assert by_tokens[r["tokens"]]["raw_loss"] == r["loss"] == by_tokens[r["tokens"]]["loss"]
+    spent = 0
+    for r, o in zip(cooled, off, strict=True):
+        assert o["loss"] == o["raw_loss"] == r["raw_loss"] and o["tokens_spent"] == o["tokens"]
+        if r["tokens"] in at:  # 10% more steps with the lr falling: lower, and counted
+            assert r["loss"] < r["raw_loss"]
+            spent += math.ceil(lm.DEFAULT_COOLDOWN * r["tokens"] / step_tokens) * step_tokens
+        assert r["tokens_spent"] == r["tokens"] + spent
+    # resumed from the checkpoint at the last rung: the cooldowns done so far still count
+    i = [r["tokens"] for r in cooled].index(at[-1])
+    resumed = _collect({**config, "rungs": rungs}, checkpoint_dir=str(tmp_path / f"report{i}"))
+    assert [r["tokens_spent"] for r in resumed] == [r["tokens_spent"] for r in cooled[i + 1:]]
+
+
+def test_rung_steps() -> None:
+    assert lm.rung_steps([1000, 2000, 5000], 512, 10) == {2, 4}  # the last step is no rung
+    assert lm.rung_steps([100], 512, 10) == {1}
+    assert lm.rung_steps([], 512, 10) == set()
+
+
 def test_init_and_data_seeds_apart() -> None:
     config = {**TINY, "scale": {"N": 2e4, "D": 2e4}, "eval_every": 1}
     loss = {k: _collect({**config, **extra})[-1]["loss"] for k, extra in {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -63,6 +64,11 @@ def test_sweep_with_the_built_in_lm_end_to_end(ray_local, tmp_path, capsys):
         assert set(t.params) == {"lr", "batch_size", "warmup"}  # weight decay held, not searched
     done = [t for t in ts if t.state == TrialState.COMPLETE]
     assert done and all(len(t.intermediate_values) >= 2 for t in done)  # learning curves kept
+    for t in ts:  # ASHA's rungs went to the trainable: evaluated there, after a cooldown
+        if t.user_attrs["raylaw_status"] in ("completed", "stopped"):
+            assert min(t.intermediate_values) == math.ceil(6e4 / 9 / (128 * t.params[
+                "batch_size"])) * 128 * t.params["batch_size"]
+            assert t.user_attrs["spent"] > t.user_attrs["fidelity"]
     storage = f"sqlite:///{tmp_path / 'store.db'}"
     (name,) = optuna.get_all_study_names(storage)
     assert optuna.load_study(study_name=name, storage=storage).user_attrs["fixed"] == {
