@@ -5,7 +5,8 @@ per seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, half the token
 ``--reference-from DIR`` reuses the reference grid of an earlier run with the same plan and seed;
 ``--baselines-from DIR`` likewise reuses its (b) and (c) (they do not depend on raylaw's law, only
 on the trainable, the space and the seed), so a change to raylaw's method reruns (a) alone;
-with both, ``--sampler-seed K`` reruns (a) with another draw of its own sampler's randomness.
+with both, ``--sampler-seed K`` reruns (a) with another draw of its own sampler's randomness
+(with ``--reference-from`` alone, all three methods get new sampler draws on the same grid).
 Reused baselines that never reached the target are continued up to the new (a)'s allowance
 (``--extend-baselines DIR`` does that for a finished run).
 ``--report-from DIR [DIR ...]`` rebuilds the report from the stores of finished runs'
@@ -43,8 +44,8 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
    user's trainable reports it.
 4. (c) Optuna TPE over the full space without early stopping: ``LawSearch`` over a study with
    ``TPESampler(multivariate=True, n_startup_trials=4)`` (the base sampler ``LawSampler`` uses),
-   no scheduler. Its sampler seed is ``--seed`` + 1: with the same seed as (b)'s
-   ``RandomSampler``, its random startup trials were (b)'s first trials.
+   no scheduler. Its sampler seed is (b)'s + 1 (``--seed`` or ``--sampler-seed``): with the
+   same seed as (b)'s ``RandomSampler``, its random startup trials were (b)'s first trials.
    (b) and (c) run until a full-length trial reaches the target, or until they have spent
    ALLOWANCE x their goal ratio (3 or 5) x (a)'s cost in tokens (``UntilTarget``): a baseline
    that stops on its allowance cost more than its goal, so the target is decided either way.
@@ -485,11 +486,12 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
             res[key] = curve(optuna.load_study(study_name=name, storage=base_storage))
         return res
     res["allowance"] = {}
+    bseed = seed if sampler_seed is None else sampler_seed  # the baselines' samplers too
     for key, goal, name, sampler, asha, title in (
-            ("b", 3.0, "asha-full", optuna.samplers.RandomSampler(seed=seed), True,
+            ("b", 3.0, "asha-full", optuna.samplers.RandomSampler(seed=bseed), True,
              "(b) ASHA, full space"),
             ("c", 5.0, "tpe-full", optuna.samplers.TPESampler(
-                seed=seed + 1, multivariate=True, n_startup_trials=4), False,
+                seed=bseed + 1, multivariate=True, n_startup_trials=4), False,
              "(c) TPE, full space, no early stopping")):
         t0 = time.time()
         allowance = ALLOWANCE * goal * cost_a
@@ -931,8 +933,9 @@ def main() -> None:
                         help="train only (b) and (c) of the finished run in DIR, continuing "
                         "reused baselines up to its (a)'s allowance, then report it")
     parser.add_argument("--sampler-seed", type=int, default=None, metavar="K",
-                        help="seed of (a)'s sampler (default: --seed); the trials' own seed "
-                        "stays --seed, so (a) can be rerun on a reused grid and baselines")
+                        help="seed of the methods' samplers (default: --seed; with "
+                        "--baselines-from, (a)'s only); the trials' own seed stays --seed, so "
+                        "the grid (and baselines) of a run with that --seed can be reused")
     parser.add_argument("--report-from", type=Path, nargs="+", default=None, metavar="DIR",
                         help="train nothing: rebuild the report from the --out DIR of finished "
                         "runs (same --quick flag as those runs); the first in detail, all as "
@@ -1031,7 +1034,8 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
          "Each row is a whole run of the protocol (reference grid, ladder, baselines) with "
          "another `--seed`: the samplers' seeds and the trials' own seed (initialization, data "
          "order); seed 0 is the trainable's default. A row with '(a) sampler K' reran (a) alone "
-         "with `--sampler-seed K` on the grid and baselines of a run with the same seed.", "",
+         "with `--sampler-seed K` on the grid and baselines of a run with the same seed; "
+         "'samplers K' reran all three methods with sampler seed K on that grid.", "",
          "| run | L* | 1.005 L* | (a) tokens to target | (b) | (c) | (b)/(a) | (c)/(a) | "
          "(c)/(a) incl. ladder, N-weighted | law lr log err at target | law bs log err |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -1054,7 +1058,8 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
                 if h in found and h in last["pred"] else "-" for h in ("lr", "batch_size")]
         seed = _run_seed(meta)
         if _sampler_seed(meta) is not None:
-            seed += f", (a) sampler {_sampler_seed(meta)}"
+            reused = _flag(meta.get("command", ""), "--baselines-from") is not None
+            seed += f", {'(a) sampler' if reused else 'samplers'} {_sampler_seed(meta)}"
         name = _flag(meta.get("command", ""), "--out")
         label = f"{Path(name).name}: seed {seed}" if name else f"seed {seed}"
         if not res.get("methods_fixed"):
