@@ -1,8 +1,9 @@
 """One sweep at a target scale on Ray Tune, then a refit of the law from every sweep in the store.
 
 Trials come from ``LawSampler`` over the law-narrowed space (through ``LawSearch``), ASHA stops
-poor trials on the fidelity the trainable reports, every trial lands in the store as it
-finishes, and afterwards the scale's optimum updates the law (a new numbered version).
+poor trials on the fidelity the trainable reports (each trial is told ASHA's rungs, so it can
+evaluate there), every trial lands in the store as it finishes, and afterwards the scale's
+optimum updates the law (a new numbered version).
 """
 
 from __future__ import annotations
