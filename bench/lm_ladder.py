@@ -136,7 +136,7 @@ def _geom(lo: float, hi: float, n: int) -> list[float]:
 # its neighbours; raylaw's best was 1.5537 and 1.5552 against a target of 1.5451 in two tries.
 # With the space's floor at 4 sequences every rung's optimum sat on it and so did L*: bs 1 ends
 # 1.4% below bs 4 at lr 0.004 (mean of 3 seeds), so the grid reaches down to 1.
-FULL = Plan("full", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=20.0, rung_samples=10,
+FULL = Plan("full", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=20.0, rung_samples=20,
             target_samples=30, grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[1, 2, 4, 8, 16],
             check_bs=(1, 8))
 SMOKE = Plan("smoke", ladder=[3e3, 1.25e4], tokens_per_param=4, rung_samples=3,
@@ -159,6 +159,12 @@ def rung_cooldown(plan: Plan) -> float:
     from raylaw.trainables.lm import DEFAULT_COOLDOWN
 
     return float(constants(plan).get("cooldown", DEFAULT_COOLDOWN))
+
+
+def a_protocol(plan: Plan) -> dict[str, Any]:
+    """What (a) ran with, recorded in run.json: runs differing in these are not pooled.
+    ``censored_bounds``: the law treats an optimum on the space's bound as a bound."""
+    return {"rung_samples": plan.rung_samples, "censored_bounds": True}
 
 
 def scale_of(plan: Plan, n: float) -> dict[str, float]:
@@ -418,7 +424,7 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
     base_storage = open_store(f"sqlite:///{out / 'baselines.db'}")
     small, target = scale_of(plan, plan.ladder[0]), scale_of(plan, plan.ladder[-1])
     res: dict[str, Any] = {"plan": plan, "wall": {}, "methods_fixed": plan.fixed,
-                           "rung_cooldown": rung_cooldown(plan)}
+                           "rung_cooldown": rung_cooldown(plan), **a_protocol(plan)}
     init_ray(None)
 
     def phase(name: str, t0: float) -> None:
@@ -741,8 +747,10 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
     # per-rung prediction error
     L += ["### Law prediction at each new scale", "",
           "Predicted = the law fitted on the rungs before (rung 1: the steplaw prior alone, with "
-          "its transfer uncertainty); found = `extract_optimum` of that rung's raylaw sweep. "
-          "Log error = ln(found / predicted).", "",
+          "its transfer uncertainty); found = `extract_optimum` of that rung's raylaw sweep "
+          "('<=': its best trial sat on the space's floor, so the optimum is at most that; "
+          "inside then means the interval reaches below it). Log error = ln(found / predicted).",
+          "",
           "| N | D | pred. lr [90% interval] | found lr | log err | inside | pred. bs "
           "[90% interval] | found bs | log err | inside | trials (done/stopped/other) | "
           "tokens | best loss |",
@@ -756,9 +764,11 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
             if pr is None or f is None:
                 cells += ["-", "-" if f is None else f"{f:.3g}", "-", "-"]
                 continue
-            cells += [f"{pr.center:.3g} [{pr.low:.3g}, {pr.high:.3g}]", f"{f:.3g}",
-                      f"{math.log(f / pr.center):+.2f}",
-                      "yes" if pr.low <= f <= pr.high else "NO"]
+            side = r.optimum.censored.get(hp)  # the best trial sat on the space's bound
+            inside = {"upper": pr.low <= f, "lower": f <= pr.high}.get(side, pr.low <= f <= pr.high)
+            cells += [f"{pr.center:.3g} [{pr.low:.3g}, {pr.high:.3g}]",
+                      {"upper": "<= ", "lower": ">= "}.get(side, "") + f"{f:.3g}",
+                      f"{math.log(f / pr.center):+.2f}", "yes" if inside else "NO"]
         c = r.counts
         other = sum(v for k, v in c.items() if k not in ("completed", "stopped"))
         L.append(f"| {rung['scale']['N']:g} | {rung['scale']['D']:.3g} | " + " | ".join(cells)
@@ -977,7 +987,8 @@ def main() -> None:
                                                     "seed": args.seed,
                                                     "sampler_seed": args.sampler_seed,
                                                     "fixed": plan.fixed,
-                                                    "rung_cooldown": rung_cooldown(plan)}))
+                                                    "rung_cooldown": rung_cooldown(plan),
+                                                    **a_protocol(plan)}))
     write_report(args, res, command, wall, load)
     print(f"wall time {wall / 60:.1f} min; stores in {out}")
 
@@ -1011,6 +1022,8 @@ def report_from(args: argparse.Namespace, plan: Plan) -> None:
         meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
         res["methods_fixed"] = meta.get("fixed", {})
         res["rung_cooldown"] = meta.get("rung_cooldown", 0.0)  # recorded since 2fc23c9
+        res["rung_samples"] = meta.get("rung_samples", 10)  # recorded since censored bounds
+        res["censored_bounds"] = meta.get("censored_bounds", False)
         if meta.get("plan", plan.name) != plan.name:
             raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
         meta.setdefault("command", f"python bench/lm_ladder.py{' --quick' * args.quick} "
@@ -1042,6 +1055,7 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
     met = {"b": 0, "c": 0}
     # pool only the runs with the first one's protocol
     held, cool = runs[0][1].get("methods_fixed"), runs[0][1].get("rung_cooldown")
+    proto = _a_protocol(runs[0][1])
     runs = sorted(runs, key=lambda r: (int(_run_seed(r[0])), _sampler_seed(r[0]) or -1))
     for meta, res in runs:
         s = summarize(res)
@@ -1066,6 +1080,9 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
             label += "; methods searched weight decay and warmup"
         if not res.get("rung_cooldown"):
             label += "; (a) without cooldown at rungs"
+        if _a_protocol(res) != proto:
+            label += (f"; (a) {res.get('rung_samples', 10)} trials per smaller rung, "
+                      + ("bounds" if res.get("censored_bounds") else "no bounds") + " in the law")
         L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -1074,16 +1091,24 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
     L += ["", f"(b)/(a) >= 3x in {met['b']} of {n} runs; (c)/(a) >= 5x in {met['c']} of {n} "
           "runs ('never' = the baseline spent its whole allowance without reaching the target, "
           "so its ratio is at least the one shown).", ""]
-    same = [res for _, res in runs
-            if res.get("methods_fixed") == held and res.get("rung_cooldown") == cool]
+    same = [res for _, res in runs if res.get("methods_fixed") == held
+            and res.get("rung_cooldown") == cool and _a_protocol(res) == proto]
     if len(same) < n:
         L += [f"Pooled below: {len(same)} of the {n} runs, those whose methods "
               + ("held " + " and ".join(held) if held else "searched weight decay and warmup")
               + (f" and whose (a) cooled down for {cool:g} of the steps at rungs" if cool
                  else " and whose (a) had no cooldown at rungs")
+              + f", ran {proto[0]} trials per smaller rung and "
+              + ("fitted optima on the space's floor as bounds" if proto[1]
+                 else "fitted every optimum as a point")
               + " as the first run's did.", ""]
     L += pooled([summarize(res)["rows"] for res in same])
     return L
+
+
+def _a_protocol(res: dict[str, Any]) -> tuple[int, bool]:
+    """(trials per smaller rung, bounds in the law) of a run's (a); older runs: (10, False)."""
+    return int(res.get("rung_samples", 10)), bool(res.get("censored_bounds", False))
 
 
 def pooled(rows_per_run: list[dict]) -> list[str]:

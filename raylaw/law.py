@@ -16,6 +16,7 @@ around that joint fit.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -34,6 +35,7 @@ FORMAT_VERSION = 1
 TAU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 3.0, 80)])
 TAU_PRIOR_SCALE = 0.3  # half-Cauchy scale on the scatter of log-optima around the law
 MIN_SIGMA = 1e-3
+CENSORED_ITERATIONS, CENSORED_TOL = 200, 1e-4  # EM for optima that are bounds (log space)
 SHAPE_CLIP = (1e-2, 1e2)  # eigenvalue bounds of a normalized scatter shape
 
 
@@ -51,6 +53,9 @@ class Optimum:
     # Hessian of the relative metric gap w.r.t. the log-hyperparameters at the optimum
     # (symmetric, over the keys of ``values``); None when the trials could not show it
     curvature: dict[str, dict[str, float]] | None = None
+    # hyperparameters whose best trial sat on the space's hard bound, so the optimum may lie
+    # beyond it: "upper" (the optimum is at most the value) or "lower" (at least the value)
+    censored: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -60,6 +65,8 @@ class Optimum:
         }
         if self.curvature is not None:
             d["curvature"] = self.curvature
+        if self.censored:
+            d["censored"] = dict(self.censored)
         return d
 
     def hessian(self, names: list[str]) -> np.ndarray | None:
@@ -83,10 +90,21 @@ class Optimum:
             if curv is not None:
                 curv = {str(a): {str(b): _finite(v, f"{where}.curvature.{a}.{b}")
                                  for b, v in row.items()} for a, row in curv.items()}
+            censored = {str(k): str(v) for k, v in (d.get("censored") or {}).items()}
         except (KeyError, AttributeError, TypeError) as e:
             raise RaylawError(f"{where}: expected scale, values and sigmas mappings ({e})") from e
+        for k, side in censored.items():
+            if k not in values or side not in ("upper", "lower"):
+                raise RaylawError(f"{where}.censored.{k}: expected 'upper' or 'lower' for one of "
+                                  f"the values {list(values)}, got {side!r}")
         return cls(scale, values, sigmas, int(d.get("n_trials", 0)), int(d.get("n_excluded", 0)),
-                   str(d.get("method", "")), str(d.get("source", "")), curv)
+                   str(d.get("method", "")), str(d.get("source", "")), curv, censored)
+
+    def residual(self, name: str, predicted_log: float) -> float:
+        """log(value / prediction); a bound the prediction respects counts as no miss."""
+        r = math.log(self.values[name]) - predicted_log
+        side = self.censored.get(name)
+        return min(r, 0.0) if side == "upper" else max(r, 0.0) if side == "lower" else r
 
 
 @dataclass(frozen=True)
@@ -194,15 +212,20 @@ class Term:
         self.covs = np.tile(self.prior.cov, (len(TAU_GRID), 1, 1))
         self.n_obs = 0
 
-    def predict_log(self, scale: dict[str, float], coverage: float,
-                    extra_sd: float = 0.0) -> tuple[float, float, float, float]:
-        """(center, low, high, sd) of the log-optimum: a Gaussian mixture over tau."""
+    def _mixture(self, scale: dict[str, float], extra_sd: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Per tau grid point mean and sd of the log-optimum, and the mixture's mean and sd."""
         f = self.features(scale)
         mu = self.means @ f
         sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2 + extra_sd**2)
         sd = np.maximum(sd, 1e-9)
         center = float(self.weights @ mu)
-        total_sd = float(np.sqrt(self.weights @ (sd**2 + (mu - center) ** 2)))
+        return mu, sd, center, float(np.sqrt(self.weights @ (sd**2 + (mu - center) ** 2)))
+
+    def predict_log(self, scale: dict[str, float], coverage: float,
+                    extra_sd: float = 0.0) -> tuple[float, float, float, float]:
+        """(center, low, high, sd) of the log-optimum: a Gaussian mixture over tau."""
+        mu, sd, center, total_sd = self._mixture(scale, extra_sd)
         alpha = (1.0 - coverage) / 2.0
 
         def cdf(q: float, target: float) -> float:
@@ -264,7 +287,7 @@ class ScalingLaw:
                 term.weights = np.zeros(0)
                 term.n_obs = 0
         if observed:
-            _fit_joint({n: self.terms[n] for n in observed}, self.optima)
+            _fit_censored({n: self.terms[n] for n in observed}, self.optima)
 
     def fit(self, optima: list[Optimum], source: str = "") -> ScalingLaw:
         """Add per-scale optima as evidence and refit every term; returns self."""
@@ -320,7 +343,7 @@ class ScalingLaw:
                 continue
             names = ["log_a"] + [f"b_{k}" for k in term.depends_on]
             se = np.sqrt(np.diag(term.coef_cov))
-            resid = [math.log(o.values[name]) - float(term.features(o.scale) @ term.coef)
+            resid = [o.residual(name, float(term.features(o.scale) @ term.coef))
                      for o in self.optima if name in o.values]
             out[name] = {
                 "fitted": True,
@@ -422,6 +445,39 @@ class ScalingLaw:
         except ValueError as e:
             raise RaylawError(f"{path}: not valid JSON ({e})") from e
         return cls.from_dict(data, where=str(path))
+
+
+def _fit_censored(terms: dict[str, Term], optima: list[Optimum]) -> None:
+    """``_fit_joint``, where a censored optimum (a bound) counts as the expected log-optimum
+    beyond its bound under the current fit (EM for a Tobit model), refitted until it settles.
+
+    An optimum on the space's floor says "here or lower": as a point it holds the law up (a
+    batch size law fitted to optima on a floor of 1 kept the prior's growth with D and
+    predicted 2-5 at the next scale, where 1 was best); as a bound it lets the law go below.
+    """
+    work = list(optima)
+    for _ in range(CENSORED_ITERATIONS):
+        _fit_joint(terms, work)
+        moved = 0.0
+        for i, o in enumerate(optima):
+            sides = {n: s for n, s in o.censored.items() if n in terms}
+            if not sides:
+                continue
+            values = dict(work[i].values)
+            for name, side in sides.items():
+                _, _, center, sd = terms[name]._mixture(o.scale)
+                s = math.hypot(sd, max(o.sigmas.get(name, 0.0), MIN_SIGMA))
+                a = (math.log(o.values[name]) - center) / s
+                # truncated normal mean: below the bound (upper) or above it (lower)
+                if side == "upper":
+                    z = center - s * math.exp(stats.norm.logpdf(a) - stats.norm.logcdf(a))
+                else:
+                    z = center + s * math.exp(stats.norm.logpdf(a) - stats.norm.logsf(a))
+                moved = max(moved, abs(z - math.log(values[name])))
+                values[name] = math.exp(z)
+            work[i] = dataclasses.replace(work[i], values=values)
+        if moved < CENSORED_TOL:
+            return
 
 
 def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> None:

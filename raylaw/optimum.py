@@ -7,7 +7,8 @@ divergence) and take its minimum; with fewer, a quadratic and its vertex; both c
 delta-method uncertainty and the bowl's curvature at the optimum, which the law uses to weigh
 misses by the loss they cost. When neither fit is convex we fall back to a weighted centroid of
 the best trials. Diverged and errored trials are excluded and counted; trials stopped early
-are excluded (their metric is at a lower fidelity) and counted.
+are excluded (their metric is at a lower fidelity) and counted. Where the best trial sits on the
+space's hard bound, the optimum may lie beyond it: the estimate is marked as a bound (censored).
 """
 
 from __future__ import annotations
@@ -70,8 +71,33 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
     curvature = None if hess is None else {
         names[a]: {names[b]: float(hess[i, k]) for k, b in enumerate(varying)}
         for i, a in enumerate(varying)}
+    best = z[int(np.argmin(y))]
+    censored = {n: side for n, v in zip(names, best) if n in values
+                and (side := _bound_side(space, n, v))}
+    everyone = z_all[np.all(np.isfinite(z_all), axis=1)]
+    for j in set(range(len(names))) - set(varying):
+        # every completed trial has one value, but the sweep tried others (ASHA stopped them):
+        # on the space's bound that value bounds the optimum; elsewhere it locates nothing
+        side = _bound_side(space, names[j], best[j])
+        if side and np.ptp(everyone[:, j]) > 0:
+            values[names[j]] = float(math.exp(best[j]))
+            sigmas[names[j]] = float(max(0.5, everyone[:, j].std()))
+            censored[names[j]] = side
     return Optimum(dict(scale or {}), values, sigmas, int(len(y)), n_excluded, method, source,
-                   curvature)
+                   curvature, censored)
+
+
+def _bound_side(space: Any, name: str, log_value: float) -> str | None:
+    """"upper" where ``log_value`` sits on the hard floor of the space's governed ``name`` (the
+    optimum is at most there), "lower" on its ceiling, else None."""
+    p = getattr(space, "governed", {}).get(name)
+    if p is None or p.low is None or p.high is None or p.low <= 0:
+        return None
+    if log_value <= math.log(p.low) + 1e-9:
+        return "upper"
+    if log_value >= math.log(p.high) - 1e-9:
+        return "lower"
+    return None
 
 
 def _estimate(z: np.ndarray, y: np.ndarray, tried: np.ndarray

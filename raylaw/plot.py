@@ -52,7 +52,16 @@ def plot_law(law: ScalingLaw, out: str | Path, coverage: float = 0.9) -> None:
             err = [o.sigmas.get(name, 0.0) for o in obs]
             lo = [a * (1 - math.exp(-e)) for a, e in zip(adj, err)]
             hi = [a * (math.exp(e) - 1) for a, e in zip(adj, err)]
-            ax.errorbar(xs, adj, yerr=[lo, hi], fmt="o", ms=4, capsize=2, label="observed optima")
+            cens = [o.censored.get(name) for o in obs]
+            pts = [i for i, c in enumerate(cens) if c is None]
+            ax.errorbar([xs[i] for i in pts], [adj[i] for i in pts],
+                        yerr=[[lo[i] for i in pts], [hi[i] for i in pts]], fmt="o", ms=4,
+                        capsize=2, label="observed optima")
+            for side, mark in (("upper", "v"), ("lower", "^")):
+                idx = [i for i, c in enumerate(cens) if c == side]
+                if idx:  # the best trial sat on the space's bound: the optimum is beyond it
+                    ax.plot([xs[i] for i in idx], [adj[i] for i in idx], mark, ms=6, color="C3",
+                            label="optima at " + ("most" if side == "upper" else "least"))
         others = ", ".join(f"{k}={ref[k]:.3g}" for k in term.depends_on if k != var)
         ax.set_xscale("log")
         ax.set_yscale("log")

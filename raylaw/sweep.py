@@ -8,6 +8,7 @@ optimum updates the law (a new numbered version).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
@@ -269,8 +270,7 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
     if evidence:
         store_tag = f"store {cfg.store}"
         kept = [o for o in law.optima if o.source != store_tag]  # replaced by the store's
-        tagged = [Optimum(o.scale, o.values, o.sigmas, o.n_trials, o.n_excluded, o.method,
-                          store_tag) for o in evidence]
+        tagged = [dataclasses.replace(o, source=store_tag) for o in evidence]
         after = ScalingLaw(law.space_name, {n: _fresh_term(t) for n, t in law.terms.items()},
                            kept, dict(law.provenance))
         try:
@@ -358,9 +358,11 @@ def format_summary(r: SweepResult) -> str:
                 lines.append(f"{name:<14}{'-':>11}{'-':>24}{v:>11.4g}")
                 continue
             err = math.log(v / p.center)
-            inside = "yes" if p.low <= v <= p.high else "NO"
+            side = r.optimum.censored.get(name)  # the best trial sat on the space's bound
+            inside = {"upper": p.low <= v, "lower": v <= p.high}.get(side, p.low <= v <= p.high)
+            found = {"upper": "<=", "lower": ">="}.get(side, "") + f"{v:.4g}"
             lines.append(f"{name:<14}{p.center:>11.4g}{f'[{p.low:.3g}, {p.high:.3g}]':>24}"
-                         f"{v:>11.4g}{err:>+9.3f}  {inside}")
+                         f"{found:>11}{err:>+9.3f}  {'yes' if inside else 'NO'}")
     else:
         lines.append("no completed full-length trial: no optimum at this scale")
     for label, law in (("law before", r.law_before), ("law after", r.law_after)):

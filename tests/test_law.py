@@ -216,3 +216,50 @@ def test_nan_in_law_file_is_refused(tmp_path):
     path.write_text(text)
     with pytest.raises(RaylawError, match="NaN"):
         ScalingLaw.load(path)
+
+
+def test_optima_on_the_spaces_floor_are_bounds_that_let_the_law_go_below_it():
+    """Batch size optima on the floor (1 sequence) at three scales: as points they keep the
+    prior's growth with D and predict ~2 at 2x the largest D; as upper bounds the law may go
+    below the floor, and the prediction there stays under 1.2 (the floor, once snapped)."""
+    def obs(censored: bool) -> list[Optimum]:
+        return [Optimum({"N": d / 20, "D": d}, {"bs": 1.0}, {"bs": 0.35},
+                        censored={"bs": "upper"} if censored else {})
+                for d in (2.5e5, 5e5, 1e6)]
+
+    target = {"N": 1e5, "D": 2e6}
+    point = ScalingLaw.for_space(SPACE, prior="steplaw").fit(obs(False)).predict(target)["bs"]
+    bound = ScalingLaw.for_space(SPACE, prior="steplaw").fit(obs(True))
+    p = bound.predict(target)["bs"]
+    assert point.center > 1.8 and p.center < 1.2 and p.low < point.low
+    assert bound.summary()["bs"]["rms_residual"] < 0.2  # bounds the law respects are no misses
+    for d in (2.5e5, 1e6):  # the law respects the bounds it was fitted to
+        assert bound.predict({"N": d / 20, "D": d})["bs"].center < 1.0
+
+
+def test_a_bound_the_law_already_respects_changes_little():
+    obs = synthetic_optima(6, 0.1)
+    plain = ScalingLaw.for_space(SPACE, prior="steplaw").fit(obs)
+    far = Optimum({"N": 1e8, "D": 2e9}, {"lr": 1.0, "bs": 4096.0}, {"lr": 0.1, "bs": 0.1},
+                  censored={"lr": "upper", "bs": "upper"})  # "at most" far above the law
+    both = ScalingLaw.for_space(SPACE, prior="steplaw").fit([*obs, far])
+    a, b = plain.predict({"N": 3e8, "D": 1e10}), both.predict({"N": 3e8, "D": 1e10})
+    for k in a:
+        assert abs(math.log(a[k].center / b[k].center)) < 0.05
+
+
+def test_censored_optima_survive_the_law_file(tmp_path):
+    obs = [*synthetic_optima(4, 0.1),
+           Optimum({"N": 1e8, "D": 2e9}, {"lr": 1e-3, "bs": 1.0}, {"lr": 0.1, "bs": 0.3},
+                   censored={"bs": "upper"})]
+    law = ScalingLaw.for_space(SPACE, prior="steplaw").fit(obs)
+    law.save(tmp_path / "law.json")
+    back = ScalingLaw.load(tmp_path / "law.json")
+    assert back.optima[-1].censored == {"bs": "upper"}
+    assert back.predict({"N": 3e8, "D": 1e10})["bs"].center == pytest.approx(
+        law.predict({"N": 3e8, "D": 1e10})["bs"].center, rel=1e-9)
+    d = law.to_dict()
+    d["optima"][-1]["censored"] = {"bs": "below"}
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(RaylawError, match=r"optima\[4\]\.censored\.bs: expected 'upper' or"):
+        ScalingLaw.load(tmp_path / "bad.json")

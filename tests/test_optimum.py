@@ -112,3 +112,31 @@ def test_real_steplaw_optima_per_scale(steplaw_df, steplaw_space):
     small = next(o for o in optima if o.scale["N"] < 2.2e8 and o.scale["D"] == 2e10)
     big = next(o for o in optima if o.scale["N"] > 1e9 and o.scale["D"] == 2e10)
     assert big.values["lr"] < small.values["lr"]
+
+
+def test_an_optimum_on_the_spaces_bound_is_marked_as_a_bound():
+    """The best trial on bs's floor (1): the optimum may be lower, so it is an upper bound;
+    lr's best is inside the range, so lr stays a point."""
+    rows = [{"lr": lr, "bs": bs,
+             "loss": 2.0 + 0.01 * math.log(lr / 3e-3) ** 2 + 0.02 * math.log(bs)}
+            for lr in (1e-3, 3e-3, 9e-3) for bs in (1, 2, 4)]
+    opt = extract_optimum(pd.DataFrame(rows), SPACE, {"N": 1e7})
+    assert opt.censored == {"bs": "upper"}
+    assert opt.to_dict()["censored"] == {"bs": "upper"}
+    top = pd.DataFrame([{**r, "bs": 4096 // r["bs"]} for r in rows])  # best on the ceiling
+    assert extract_optimum(top, SPACE, {"N": 1e7}).censored == {"bs": "lower"}
+    inside = pd.DataFrame([{**r, "bs": 2 * r["bs"]} for r in rows])
+    assert extract_optimum(inside, SPACE, {"N": 1e7}).censored == {}
+
+
+def test_completed_trials_all_on_the_floor_bound_the_optimum():
+    """ASHA completed only bs-1 trials and stopped the others: bs did not vary among the
+    completed ones, so it locates no point, but it bounds the optimum from above."""
+    df = pd.DataFrame({"lr": [1e-3, 3e-3, 9e-3, 2e-3, 5e-3], "bs": [1, 1, 1, 8, 32],
+                       "loss": [2.1, 2.0, 2.2, 3.0, 3.5],
+                       "status": ["completed"] * 3 + ["stopped"] * 2})
+    opt = extract_optimum(df, SPACE, {"N": 1e7})
+    assert opt.values["bs"] == 1 and opt.censored == {"bs": "upper"}
+    assert opt.sigmas["bs"] >= 0.5
+    inside = extract_optimum(df.assign(bs=[4, 4, 4, 8, 32]), SPACE, {"N": 1e7})
+    assert "bs" not in inside.values  # off the bound: no evidence about bs
