@@ -136,6 +136,8 @@ def _geom(lo: float, hi: float, n: int) -> list[float]:
 # its neighbours; raylaw's best was 1.5537 and 1.5552 against a target of 1.5451 in two tries.
 # With the space's floor at 4 sequences every rung's optimum sat on it and so did L*: bs 1 ends
 # 1.4% below bs 4 at lr 0.004 (mean of 3 seeds), so the grid reaches down to 1.
+# 20 trials per smaller rung: with 10, ASHA completed 1-5 per rung, and their optima (centroids
+# of those few, log sd 0.35-1.2) left the law's batch size at 2-5 at the target, where 1 is best.
 FULL = Plan("full", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=20.0, rung_samples=20,
             target_samples=30, grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[1, 2, 4, 8, 16],
             check_bs=(1, 8))

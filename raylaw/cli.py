@@ -109,7 +109,8 @@ def law_table(law: ScalingLaw) -> str:
     if law.optima:
         names = list(law.terms)
         scales = sorted({k for o in law.optima for k in o.scale})
-        lines.append("\nobserved optima (value +- log-space std):")
+        lines.append("\nobserved optima (value +- log-space std; <= / >=: the best trial sat on "
+                     "the space's bound, so the optimum is at most / at least that):")
         head = "".join(f"{k:>12}" for k in scales) + "".join(f"{n:>22}" for n in names)
         lines.append("  " + head + f"{'trials':>8}{'excl.':>7}  method")
         for o in law.optima:

@@ -54,9 +54,10 @@ def plot_law(law: ScalingLaw, out: str | Path, coverage: float = 0.9) -> None:
             hi = [a * (math.exp(e) - 1) for a, e in zip(adj, err)]
             cens = [o.censored.get(name) for o in obs]
             pts = [i for i, c in enumerate(cens) if c is None]
-            ax.errorbar([xs[i] for i in pts], [adj[i] for i in pts],
-                        yerr=[[lo[i] for i in pts], [hi[i] for i in pts]], fmt="o", ms=4,
-                        capsize=2, label="observed optima")
+            if pts:
+                ax.errorbar([xs[i] for i in pts], [adj[i] for i in pts],
+                            yerr=[[lo[i] for i in pts], [hi[i] for i in pts]], fmt="o", ms=4,
+                            capsize=2, label="observed optima")
             for side, mark in (("upper", "v"), ("lower", "^")):
                 idx = [i for i, c in enumerate(cens) if c == side]
                 if idx:  # the best trial sat on the space's bound: the optimum is beyond it

@@ -155,3 +155,22 @@ def test_store_keeps_finished_trials_when_the_driver_is_killed(tmp_path):
         assert kept.intermediate_values == t.intermediate_values
         assert kept.user_attrs["raylaw_status"] == t.user_attrs["raylaw_status"]
     assert not (tmp_path / "law.json").exists()  # the refit never ran: nothing half-written
+
+
+def test_summary_shows_an_optimum_on_the_floor_as_a_bound():
+    from raylaw.law import Optimum, Prediction, ScalingLaw
+    from raylaw.space import SearchSpace
+    from raylaw.sweep import SweepResult, format_summary
+
+    space = SearchSpace.load(LM_SPACE)
+    opt = Optimum({"N": 1e5, "D": 2e6}, {"lr": 0.004, "batch_size": 1.0},
+                  {"lr": 0.1, "batch_size": 0.35}, censored={"batch_size": "upper"})
+    pred = {"lr": Prediction(0.003, 0.001, 0.009, 0.9, 0.3),
+            "batch_size": Prediction(0.5, 0.2, 1.3, 0.9, 0.5)}  # all below 1: respected
+    r = SweepResult("s", {"completed": 3}, pred, opt, 1.7, {"lr": 0.004, "batch_size": 1},
+                    ScalingLaw.for_space(space), None, None, 1e7, 3e7)
+    row = next(line for line in format_summary(r).splitlines() if line.startswith("batch_size"))
+    assert "<=1" in row and row.endswith("yes")
+    r.prediction["batch_size"] = Prediction(3.0, 1.5, 6.0, 0.9, 0.5)  # the bound says lower
+    row = next(line for line in format_summary(r).splitlines() if line.startswith("batch_size"))
+    assert row.endswith("NO")
