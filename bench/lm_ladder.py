@@ -108,6 +108,7 @@ class Plan:
     ladder: list[float]  # N of each rung, smallest first; the last is the target scale
     tokens_per_param: float = 20.0
     rung_samples: int = 10  # raylaw trials per smaller rung
+    rung_grace: float | None = None  # ASHA's grace fraction on the smaller rungs (None: default)
     # raylaw trials at the target scale: enough that, like the baselines, it runs until it
     # reaches the target (its cost counts only the trials finished up to that point)
     target_samples: int = 30
@@ -166,7 +167,10 @@ def rung_cooldown(plan: Plan) -> float:
 def a_protocol(plan: Plan) -> dict[str, Any]:
     """What (a) ran with, recorded in run.json: runs differing in these are not pooled.
     ``censored_bounds``: the law treats an optimum on the space's bound as a bound."""
-    return {"rung_samples": plan.rung_samples, "censored_bounds": True}
+    out = {"rung_samples": plan.rung_samples, "censored_bounds": True}
+    if plan.rung_grace is not None:
+        out["rung_grace"] = plan.rung_grace
+    return out
 
 
 def scale_of(plan: Plan, n: float) -> dict[str, float]:
@@ -468,6 +472,8 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
                           seed=seed if sampler_seed is None else sampler_seed,
                           cpus_per_trial=1.0, max_concurrent=2, results_dir=str(results),
                           verbose=0)
+        if not last and plan.rung_grace is not None:
+            cfg.grace_fraction = plan.rung_grace
         t1 = time.time()
         r = run_sweep(cfg)
         study = optuna.load_study(study_name=r.study_name, storage=open_store(cfg.store))
@@ -684,8 +690,10 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          f"D = {plan.tokens_per_param * n_t:.3g}.  ",
          f"Trials: 1 CPU and `threads=1` each, 2 at a time; `eval_every={plan.eval_every}`, "
          f"`eval_tokens={plan.eval_tokens}`, `final_eval_tokens={plan.final_eval_tokens}`; "
-         f"samples: raylaw {plan.rung_samples} per smaller "
-         f"rung and {plan.target_samples} at the target; (b) and (c) run until one of their "
+         f"samples: raylaw {res.get('rung_samples', plan.rung_samples)} per smaller rung"
+         + ("" if res.get("rung_grace") is None else
+            f" (ASHA's grace there {res['rung_grace']:g} of the budget)")
+         + f" and {plan.target_samples} at the target; (b) and (c) run until one of their "
          f"full-length trials reaches the target loss or they have spent {ALLOWANCE:g} x their "
          f"goal x raylaw's target-scale cost in tokens ((b): "
          f"{_tok(res.get('allowance', {}).get('b'))}, (c): "
@@ -944,6 +952,11 @@ def main() -> None:
     parser.add_argument("--extend-baselines", type=Path, default=None, metavar="DIR",
                         help="train only (b) and (c) of the finished run in DIR, continuing "
                         "reused baselines up to its (a)'s allowance, then report it")
+    parser.add_argument("--rung-grace", type=float, default=None, metavar="F",
+                        help="ASHA's grace fraction on (a)'s smaller rungs (1: no early "
+                             "stopping there)")
+    parser.add_argument("--rung-samples", type=int, default=None, metavar="K",
+                        help="(a)'s trials per smaller rung (default: the plan's)")
     parser.add_argument("--sampler-seed", type=int, default=None, metavar="K",
                         help="seed of the methods' samplers (default: --seed; with "
                         "--baselines-from, (a)'s only); the trials' own seed stays --seed, so "
@@ -955,6 +968,10 @@ def main() -> None:
     args = parser.parse_args()
     plan = dataclasses.replace(SMOKE if args.smoke else QUICK if args.quick else FULL,
                                seed=args.seed)
+    if args.rung_grace is not None:
+        plan = dataclasses.replace(plan, rung_grace=args.rung_grace)
+    if args.rung_samples is not None:
+        plan = dataclasses.replace(plan, rung_samples=args.rung_samples)
     if args.extend_baselines is not None:
         return extend_finished(args, plan)
     if args.report_from is not None:
@@ -1026,6 +1043,7 @@ def report_from(args: argparse.Namespace, plan: Plan) -> None:
         res["rung_cooldown"] = meta.get("rung_cooldown", 0.0)  # recorded since 2fc23c9
         res["rung_samples"] = meta.get("rung_samples", 10)  # recorded since censored bounds
         res["censored_bounds"] = meta.get("censored_bounds", False)
+        res["rung_grace"] = meta.get("rung_grace")
         if meta.get("plan", plan.name) != plan.name:
             raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
         meta.setdefault("command", f"python bench/lm_ladder.py{' --quick' * args.quick} "
@@ -1083,8 +1101,11 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
         if not res.get("rung_cooldown"):
             label += "; (a) without cooldown at rungs"
         if _a_protocol(res) != proto:
-            label += (f"; (a) {res.get('rung_samples', 10)} trials per smaller rung, "
-                      + ("bounds" if res.get("censored_bounds") else "no bounds") + " in the law")
+            label += (f"; (a) {res.get('rung_samples', 10)} trials per smaller rung"
+                      + ("" if res.get("rung_grace") is None
+                         else f" (ASHA grace {res['rung_grace']:g} there)")
+                      + ", " + ("bounds" if res.get("censored_bounds") else "no bounds")
+                      + " in the law")
         L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -1100,7 +1121,9 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
               + ("held " + " and ".join(held) if held else "searched weight decay and warmup")
               + (f" and whose (a) cooled down for {cool:g} of the steps at rungs" if cool
                  else " and whose (a) had no cooldown at rungs")
-              + f", ran {proto[0]} trials per smaller rung and "
+              + f", ran {proto[0]} trials per smaller rung"
+              + ("" if proto[2] is None else f" with ASHA's grace at {proto[2]:g}")
+              + " and "
               + ("fitted optima on the space's floor as bounds" if proto[1]
                  else "fitted every optimum as a point")
               + " as the first run's did.", ""]
@@ -1108,9 +1131,11 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
     return L
 
 
-def _a_protocol(res: dict[str, Any]) -> tuple[int, bool]:
-    """(trials per smaller rung, bounds in the law) of a run's (a); older runs: (10, False)."""
-    return int(res.get("rung_samples", 10)), bool(res.get("censored_bounds", False))
+def _a_protocol(res: dict[str, Any]) -> tuple[int, bool, float | None]:
+    """(trials per smaller rung, bounds in the law, ASHA grace there) of a run's (a); older
+    runs: (10, False, None)."""
+    return (int(res.get("rung_samples", 10)), bool(res.get("censored_bounds", False)),
+            res.get("rung_grace"))
 
 
 def pooled(rows_per_run: list[dict]) -> list[str]:
