@@ -1070,7 +1070,8 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
          "with `--sampler-seed K` on the grid and baselines of a run with the same seed; "
          "'samplers K' reran all three methods with sampler seed K on that grid.", "",
          "| run | L* | 1.005 L* | (a) tokens to target | (b) | (c) | (b)/(a) | (c)/(a) | "
-         "(c)/(a) incl. ladder, N-weighted | law lr log err at target | law bs log err |",
+         "(c)/(a) incl. ladder, N-weighted | law's lr at the target (grid best) | "
+         "law's bs (grid best) |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     met = {"b": 0, "c": 0}
     # pool only the runs with the first one's protocol
@@ -1087,9 +1088,9 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
             cells.append(txt.split(" (")[0])
         w_txt = ratio_text(rows, "c", "a", "incl_w")[0].split(" (")[0]
         last = res["rungs"][-1]
-        found = last["result"].optimum.values if last["result"].optimum else {}
-        errs = [f"{math.log(found[h] / last['pred'][h].center):+.2f}"
-                if h in found and h in last["pred"] else "-" for h in ("lr", "batch_size")]
+        best = dict(zip(("lr", "batch_size"), res["ref"][:2]))  # the grid's argmin
+        errs = [f"{last['pred'][h].center:.3g} ({best[h]:g})" if h in last["pred"] else "-"
+                for h in ("lr", "batch_size")]
         seed = _run_seed(meta)
         if _sampler_seed(meta) is not None:
             reused = _flag(meta.get("command", ""), "--baselines-from") is not None
