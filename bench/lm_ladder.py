@@ -774,11 +774,10 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
             if pr is None or f is None:
                 cells += ["-", "-" if f is None else f"{f:.3g}", "-", "-"]
                 continue
-            side = r.optimum.censored.get(hp)  # the best trial sat on the space's bound
-            inside = {"upper": pr.low <= f, "lower": f <= pr.high}.get(side, pr.low <= f <= pr.high)
             cells += [f"{pr.center:.3g} [{pr.low:.3g}, {pr.high:.3g}]",
-                      {"upper": "<= ", "lower": ">= "}.get(side, "") + f"{f:.3g}",
-                      f"{math.log(f / pr.center):+.2f}", "yes" if inside else "NO"]
+                      f"{r.optimum.mark(hp)} {f:.3g}".strip(),
+                      f"{math.log(f / pr.center):+.2f}",
+                      "yes" if r.optimum.inside(hp, pr.low, pr.high) else "NO"]
         c = r.counts
         other = sum(v for k, v in c.items() if k not in ("completed", "stopped"))
         L.append(f"| {rung['scale']['N']:g} | {rung['scale']['D']:.3g} | " + " | ".join(cells)

@@ -115,15 +115,10 @@ def law_table(law: ScalingLaw) -> str:
         lines.append("  " + head + f"{'trials':>8}{'excl.':>7}  method")
         for o in law.optima:
             row = "".join(f"{o.scale.get(k, float('nan')):>12.4g}" for k in scales)
-            row += "".join(f"{_bound(o, n) + f'{o.values[n]:.4g}':>12} +-{o.sigmas.get(n, 0):>7.3f}"
+            row += "".join(f"{o.mark(n) + f'{o.values[n]:.4g}':>12} +-{o.sigmas.get(n, 0):>7.3f}"
                            if n in o.values else f"{'-':>22}" for n in names)
             lines.append(f"  {row}{o.n_trials:>8}{o.n_excluded:>7}  {o.method}")
     return "\n".join(lines)
-
-
-def _bound(o: Any, name: str) -> str:
-    """'<=' / '>=' before an optimum that is a bound (its best trial sat on the space's edge)."""
-    return {"upper": "<=", "lower": ">="}.get(o.censored.get(name, ""), "")
 
 
 def prediction_table(preds: dict[str, Any], coverage: float) -> str:

@@ -100,6 +100,15 @@ class Optimum:
         return cls(scale, values, sigmas, int(d.get("n_trials", 0)), int(d.get("n_excluded", 0)),
                    str(d.get("method", "")), str(d.get("source", "")), curv, censored)
 
+    def mark(self, name: str) -> str:
+        """'<=' / '>=' before a value that is a bound, for tables; '' for a point."""
+        return {"upper": "<=", "lower": ">="}.get(self.censored.get(name, ""), "")
+
+    def inside(self, name: str, low: float, high: float) -> bool:
+        """Whether [low, high] holds the optimum: for a bound, whether it reaches past it."""
+        v, side = self.values[name], self.censored.get(name)
+        return low <= v if side == "upper" else v <= high if side == "lower" else low <= v <= high
+
     def residual(self, name: str, predicted_log: float) -> float:
         """log(value / prediction); a bound the prediction respects counts as no miss."""
         r = math.log(self.values[name]) - predicted_log

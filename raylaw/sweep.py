@@ -358,9 +358,8 @@ def format_summary(r: SweepResult) -> str:
                 lines.append(f"{name:<14}{'-':>11}{'-':>24}{v:>11.4g}")
                 continue
             err = math.log(v / p.center)
-            side = r.optimum.censored.get(name)  # the best trial sat on the space's bound
-            inside = {"upper": p.low <= v, "lower": v <= p.high}.get(side, p.low <= v <= p.high)
-            found = {"upper": "<=", "lower": ">="}.get(side, "") + f"{v:.4g}"
+            inside = r.optimum.inside(name, p.low, p.high)  # one-sided for a bound
+            found = r.optimum.mark(name) + f"{v:.4g}"
             lines.append(f"{name:<14}{p.center:>11.4g}{f'[{p.low:.3g}, {p.high:.3g}]':>24}"
                          f"{found:>11}{err:>+9.3f}  {'yes' if inside else 'NO'}")
     else:
