@@ -690,9 +690,9 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          f"D = {plan.tokens_per_param * n_t:.3g}.  ",
          f"Trials: 1 CPU and `threads=1` each, 2 at a time; `eval_every={plan.eval_every}`, "
          f"`eval_tokens={plan.eval_tokens}`, `final_eval_tokens={plan.final_eval_tokens}`; "
-         f"samples: raylaw {res.get('rung_samples', plan.rung_samples)} per smaller rung"
-         + ("" if res.get("rung_grace") is None else
-            f" (ASHA's grace there {res['rung_grace']:g} of the budget)")
+         f"samples: raylaw {_a_protocol(res)[0]} per smaller rung"
+         + ("" if _a_protocol(res)[2] is None else
+            f" (ASHA's grace there {_a_protocol(res)[2]:g} of the budget)")
          + f" and {plan.target_samples} at the target; (b) and (c) run until one of their "
          f"full-length trials reaches the target loss or they have spent {ALLOWANCE:g} x their "
          f"goal x raylaw's target-scale cost in tokens ((b): "
@@ -1040,9 +1040,8 @@ def report_from(args: argparse.Namespace, plan: Plan) -> None:
         meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
         res["methods_fixed"] = meta.get("fixed", {})
         res["rung_cooldown"] = meta.get("rung_cooldown", 0.0)  # recorded since 2fc23c9
-        res["rung_samples"] = meta.get("rung_samples", 10)  # recorded since censored bounds
-        res["censored_bounds"] = meta.get("censored_bounds", False)
-        res["rung_grace"] = meta.get("rung_grace")
+        res.update({k: meta[k] for k in ("rung_samples", "censored_bounds", "rung_grace")
+                    if k in meta})  # recorded since censored bounds; see _a_protocol
         if meta.get("plan", plan.name) != plan.name:
             raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
         meta.setdefault("command", f"python bench/lm_ladder.py{' --quick' * args.quick} "
@@ -1100,12 +1099,11 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
             label += "; methods searched weight decay and warmup"
         if not res.get("rung_cooldown"):
             label += "; (a) without cooldown at rungs"
-        if _a_protocol(res) != proto:
-            label += (f"; (a) {res.get('rung_samples', 10)} trials per smaller rung"
-                      + ("" if res.get("rung_grace") is None
-                         else f" (ASHA grace {res['rung_grace']:g} there)")
-                      + ", " + ("bounds" if res.get("censored_bounds") else "no bounds")
-                      + " in the law")
+        samples, bounds, grace = _a_protocol(res)
+        if (samples, bounds, grace) != proto:
+            label += (f"; (a) {samples} trials per smaller rung"
+                      + ("" if grace is None else f" (ASHA grace {grace:g} there)")
+                      + ", " + ("bounds" if bounds else "no bounds") + " in the law")
         L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
