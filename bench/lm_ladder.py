@@ -125,6 +125,7 @@ class Plan:
     # (bench/lm_noise.py)
     final_eval_tokens: int = 2**19
     seed: int = 0  # the trials' own seed (initialization, data order); --seed sets it
+    n_layer: int | None = None  # fixed depth (--depth): N sets the width alone on every rung
 
 
 def _geom(lo: float, hi: float, n: int) -> list[float]:
@@ -153,8 +154,15 @@ QUICK = Plan("quick", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=10.0,
 # ------------------------------------------------------------------------------ Tune plumbing
 def constants(plan: Plan) -> dict[str, Any]:
     """Every trial's constants, the plan's fixed hyperparameters included."""
+    depth = {} if plan.n_layer is None else {"n_layer": plan.n_layer}
     return {"threads": 1, "eval_every": plan.eval_every, "eval_tokens": plan.eval_tokens,
-            "final_eval_tokens": plan.final_eval_tokens, "seed": plan.seed, **plan.fixed}
+            "final_eval_tokens": plan.final_eval_tokens, "seed": plan.seed, **depth,
+            **plan.fixed}
+
+
+def check_name(plan: Plan) -> str:
+    """The lr check's study: its smallest-N shape differs with ``--depth``, so it has its own."""
+    return "check" if plan.n_layer is None else f"check-depth{plan.n_layer}"
 
 
 def rung_cooldown(plan: Plan) -> float:
@@ -170,6 +178,8 @@ def a_protocol(plan: Plan) -> dict[str, Any]:
     out = {"rung_samples": plan.rung_samples, "censored_bounds": True}
     if plan.rung_grace is not None:
         out["rung_grace"] = plan.rung_grace
+    if plan.n_layer is not None:
+        out["n_layer"] = plan.n_layer
     return out
 
 
@@ -387,10 +397,17 @@ def reuse_reference(src: Path, out: Path, plan: Plan) -> None:
     if meta.get("seed", plan.seed) != plan.seed:
         raise SystemExit(f"--reference-from {src}: that run used --seed {meta['seed']}, "
                          f"this one --seed {plan.seed}")
+    if _shape(plan.ladder[-1], plan.n_layer) != _shape(plan.ladder[-1], meta.get("n_layer")):
+        raise SystemExit(f"--reference-from {src}: its target shape differs from this plan's "
+                         f"(--depth {plan.n_layer})")
     storage = open_store(f"sqlite:///{db}")
     seq = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml").governed["batch_size"].seq_len
     d = plan.tokens_per_param * plan.ladder[-1]
-    for name, want in (("check", plan.tokens_per_param * plan.ladder[0]), ("reference", d)):
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    for name, want in ((check_name(plan), plan.tokens_per_param * plan.ladder[0]),
+                       ("reference", d)):
+        if name not in names:  # e.g. the lr check of another --depth: trained here
+            continue
         for t in optuna.load_study(study_name=name, storage=storage).get_trials(
                 deepcopy=False, states=(TrialState.COMPLETE,)):
             seen = max(t.intermediate_values, default=0)  # whole steps: up to one batch over
@@ -441,7 +458,7 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
     # 0 + 1: lr check at the smallest N; reference grid at the target scale
     # (a reused reference only trains what it lacks: grid_study fills missing points)
     t0 = time.time()
-    check = grid_study(ref_storage, "check", space, small, plan, plan.grid_lr,
+    check = grid_study(ref_storage, check_name(plan), space, small, plan, plan.grid_lr,
                        list(plan.check_bs), results)
     phase("lr check (smallest N)", t0)
     t0 = time.time()
@@ -577,7 +594,7 @@ def load_run(plan: Plan, out: Path) -> dict[str, Any]:
     ref_storage = open_store(f"sqlite:///{out / 'reference.db'}")
     base_storage = open_store(f"sqlite:///{out / 'baselines.db'}")
     store = open_store(f"sqlite:///{out / 'raylaw.db'}")
-    check = optuna.load_study(study_name="check", storage=ref_storage)
+    check = optuna.load_study(study_name=check_name(plan), storage=ref_storage)
     ref = optuna.load_study(study_name="reference", storage=ref_storage)
     res: dict[str, Any] = {"plan": plan}
     res.update(check=lr_check(check, ref, plan.check_bs), ref=grid_argmin(ref),
@@ -685,7 +702,7 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          + ": shared machine, so wall times are noisy; costs are in tokens, which load does "
          "not change)  ",
          f"Ladder: N = {', '.join(f'{n:g}' for n in plan.ladder)} non-embedding parameters "
-         f"(shapes {', '.join('x'.join(map(str, _shape(n)[:2])) for n in plan.ladder)} "
+         f"(shapes {', '.join(_shape_text(n, plan.n_layer) for n in plan.ladder)} "
          f"layers x width), D = {plan.tokens_per_param:g} N tokens; target scale N = {n_t:g}, "
          f"D = {plan.tokens_per_param * n_t:.3g}.  ",
          f"Trials: 1 CPU and `threads=1` each, 2 at a time; `eval_every={plan.eval_every}`, "
@@ -859,10 +876,15 @@ def looser(rows: dict, ref_best: float) -> list[str]:
     return L
 
 
-def _shape(n: float) -> tuple[int, int, int]:
+def _shape(n: float, n_layer: int | None = None) -> tuple[int, int, int]:
     from raylaw.trainables.lm import shape_for
 
-    return shape_for(n)
+    return shape_for(n, n_layer)
+
+
+def _shape_text(n: float, n_layer: int | None = None) -> str:
+    """"layers x width" of the model at N = ``n``."""
+    return "x".join(map(str, _shape(n, n_layer)[:2]))
 
 
 def plot(res: dict[str, Any], s: dict[str, Any], path: Path) -> None:
@@ -956,6 +978,9 @@ def main() -> None:
                              "stopping there)")
     parser.add_argument("--rung-samples", type=int, default=None, metavar="K",
                         help="(a)'s trials per smaller rung (default: the plan's)")
+    parser.add_argument("--depth", type=int, default=None, metavar="L",
+                        help="hold every model at L layers, so N sets the width alone (default: "
+                        "the trainable's free shapes, which widen at every other rung)")
     parser.add_argument("--sampler-seed", type=int, default=None, metavar="K",
                         help="seed of the methods' samplers (default: --seed; with "
                         "--baselines-from, (a)'s only); the trials' own seed stays --seed, so "
@@ -971,6 +996,8 @@ def main() -> None:
         plan = dataclasses.replace(plan, rung_grace=args.rung_grace)
     if args.rung_samples is not None:
         plan = dataclasses.replace(plan, rung_samples=args.rung_samples)
+    if args.depth is not None:
+        plan = dataclasses.replace(plan, n_layer=args.depth)
     if args.extend_baselines is not None:
         return extend_finished(args, plan)
     if args.report_from is not None:
@@ -1036,11 +1063,12 @@ def report_from(args: argparse.Namespace, plan: Plan) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     runs = []
     for out in (d.resolve() for d in args.report_from):
-        res = load_run(plan, out)
         meta = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+        res = load_run(dataclasses.replace(plan, n_layer=meta.get("n_layer")), out)
         res["methods_fixed"] = meta.get("fixed", {})
         res["rung_cooldown"] = meta.get("rung_cooldown", 0.0)  # recorded since 2fc23c9
-        res.update({k: meta[k] for k in ("rung_samples", "censored_bounds", "rung_grace")
+        res.update({k: meta[k] for k in ("rung_samples", "censored_bounds", "rung_grace",
+                                         "n_layer")
                     if k in meta})  # recorded since censored bounds; see _a_protocol
         if meta.get("plan", plan.name) != plan.name:
             raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
@@ -1099,11 +1127,14 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
             label += "; methods searched weight decay and warmup"
         if not res.get("rung_cooldown"):
             label += "; (a) without cooldown at rungs"
-        samples, bounds, grace = _a_protocol(res)
-        if (samples, bounds, grace) != proto:
+        samples, bounds, grace, depth = _a_protocol(res)
+        if (samples, bounds, grace) != proto[:3]:
             label += (f"; (a) {samples} trials per smaller rung"
                       + ("" if grace is None else f" (ASHA grace {grace:g} there)")
                       + ", " + ("bounds" if bounds else "no bounds") + " in the law")
+        if depth != proto[3]:
+            label += "; free shapes on the ladder" if depth is None else (
+                f"; ladder at depth {depth} (widths {_widths(res)})")
         L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -1121,19 +1152,26 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
                  else " and whose (a) had no cooldown at rungs")
               + f", ran {proto[0]} trials per smaller rung"
               + ("" if proto[2] is None else f" with ASHA's grace at {proto[2]:g}")
-              + " and "
+              + ", "
               + ("fitted optima on the space's floor as bounds" if proto[1]
                  else "fitted every optimum as a point")
+              + (" and used the free shapes on the ladder" if proto[3] is None
+                 else f" and held the ladder at depth {proto[3]}")
               + " as the first run's did.", ""]
     L += pooled([summarize(res)["rows"] for res in same])
     return L
 
 
-def _a_protocol(res: dict[str, Any]) -> tuple[int, bool, float | None]:
-    """(trials per smaller rung, bounds in the law, ASHA grace there) of a run's (a); older
-    runs: (10, False, None)."""
+def _a_protocol(res: dict[str, Any]) -> tuple[int, bool, float | None, int | None]:
+    """(trials per smaller rung, bounds in the law, ASHA grace there, fixed depth) of a run's
+    (a); older runs: (10, False, None, None)."""
     return (int(res.get("rung_samples", 10)), bool(res.get("censored_bounds", False)),
-            res.get("rung_grace"))
+            res.get("rung_grace"), res.get("n_layer"))
+
+
+def _widths(res: dict[str, Any]) -> str:
+    plan = res["plan"]
+    return ", ".join(str(_shape(n, res.get("n_layer"))[1]) for n in plan.ladder)
 
 
 def pooled(rows_per_run: list[dict]) -> list[str]:

@@ -53,6 +53,28 @@ def test_shape_for_picks_the_closest_count() -> None:
             assert abs(lm.count_params(n_layer, n_embd) - N) >= best
 
 
+def test_shape_for_at_a_fixed_depth_scales_the_width_alone() -> None:
+    shapes = [lm.shape_for(N, n_layer=2) for N in (1.25e4, 2.5e4, 5e4, 1e5)]
+    assert [s[:2] for s in shapes] == [(2, 24), (2, 32), (2, 48), (2, 64)]
+    for N, (_, n_embd, n_head) in zip((1.25e4, 2.5e4, 5e4, 1e5), shapes):
+        assert n_embd % 8 == 0 and n_embd % n_head == 0
+        closest = min(range(8, 200, 8), key=lambda w: abs(math.log(lm.count_params(2, w) / N)))
+        assert n_embd == closest
+    assert lm.shape_for(1e5, n_layer=2) == lm.shape_for(1e5)  # the same model where they meet
+    with pytest.raises(ValueError, match="n_layer"):
+        lm.shape_for(1e5, n_layer=0)
+
+
+def test_config_n_layer_sets_the_depth(tmp_path: Path) -> None:
+    config = {**TINY, "n_layer": 3, "scale": {"N": 2e4, "D": 2e4}}
+    _collect(config, keep=tmp_path)
+    state = torch.load(tmp_path / "report0" / lm.CHECKPOINT_FILE, weights_only=True)["model"]
+    n_layer, n_embd, _ = lm.shape_for(2e4, 3)
+    assert n_layer == 3 != lm.shape_for(2e4)[0]
+    assert {k.split(".")[1] for k in state if k.startswith("blocks.")} == {"0", "1", "2"}
+    assert state["wte.weight"].shape == (lm.VOCAB, n_embd)
+
+
 @pytest.mark.parametrize("shape", [(1, 32), (2, 64), (3, 96), (4, 128)])
 def test_count_params_matches_module(shape: tuple[int, int]) -> None:
     n_layer, n_embd = shape

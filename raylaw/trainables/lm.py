@@ -70,14 +70,22 @@ def n_heads(n_embd: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def shape_for(N: float) -> tuple[int, int, int]:
+def shape_for(N: float, n_layer: int | None = None) -> tuple[int, int, int]:
     """(n_layer, n_embd, n_head) whose count_params is closest to N.
 
     Widths are multiples of 16 and the aspect ratio n_embd / n_layer stays within [16, 64];
-    ties go to the shape whose aspect ratio is closest to 32.
+    ties go to the shape whose aspect ratio is closest to 32. With ``n_layer`` given, only the
+    width scales (a multiple of 8, no aspect limit): a ladder whose every rung is wider, where
+    the free shape widens only at every other rung (1x32, 2x32, 1x64, 2x64 for N = 1.25e4..1e5).
     """
     if not N > 0:
         raise ValueError(f"N must be positive, got {N}")
+    if n_layer is not None:
+        if n_layer < 1:
+            raise ValueError(f"n_layer must be at least 1, got {n_layer}")
+        widths = range(8, 8 * math.ceil(math.sqrt(N / (12 * n_layer)) / 8 + 1) + 1, 8)
+        n_embd = min(widths, key=lambda w: abs(math.log(count_params(n_layer, w) / N)))
+        return n_layer, n_embd, n_heads(n_embd)
     best: tuple[float, float, int, int] | None = None
     for n_layer in range(1, 97):
         for n_embd in range(16 * n_layer, 64 * n_layer + 1, 16):
@@ -330,9 +338,10 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     The checkpoint directory passed to ``report`` is only valid during the call (None when the
     trial diverged). A run restored from ``checkpoint_dir`` continues from the saved step with
     the saved model, optimizer and data-sampler state. Config keys besides the hyperparameters
-    and ``scale``: ``seq_len``, ``seed`` (or ``init_seed`` and ``data_seed`` apart: the
-    initialization and the data order), ``threads``, ``data``, ``eval_every`` (evaluations per
-    run), ``eval_tokens`` and ``final_eval_tokens`` (validation bytes of each / the last one),
+    and ``scale``: ``seq_len``, ``n_layer`` (fixed depth: N sets the width alone), ``seed``
+    (or ``init_seed`` and ``data_seed`` apart: the initialization and the data order),
+    ``threads``, ``data``, ``eval_every`` (evaluations per run), ``eval_tokens`` and
+    ``final_eval_tokens`` (validation bytes of each / the last one),
     ``rungs`` (tokens at which ASHA compares trials: evaluated there, after a cooldown) and
     ``cooldown`` (its length as a fraction of the steps so far; 0 turns it off).
 
@@ -362,7 +371,8 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
                                   max(eval_tokens, DEFAULT_FINAL_EVAL_TOKENS)))
     seed = int(config.get("seed", 0))
     torch.manual_seed(int(config.get("init_seed", seed)))
-    model = GPT(*shape_for(N), seq_len=seq_len).to(device)
+    depth = config.get("n_layer")
+    model = GPT(*shape_for(N, None if depth is None else int(depth)), seq_len=seq_len).to(device)
     opt = make_optimizer(model, peak_lr, float(config.get("weight_decay", 0.0)))
     gen = torch.Generator().manual_seed(int(config.get("data_seed", seed)))
     step, best, train_loss, extra = 0, math.inf, math.nan, 0
