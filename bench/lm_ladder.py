@@ -1,7 +1,10 @@
 """A scale ladder on the built-in byte-level LM (CPU): law accuracy and tuning cost at the top.
 
-Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N; under an hour
+Run ``python bench/lm_ladder.py [--seed S]`` (full: N = 1.25e4..1e5 at D = 20 N, every model
+2 layers deep, so each rung is wider than the last: widths 24, 32, 48, 64; under an hour
 per seed on 2 cores) or ``--quick`` (the same ladder at D = 10 N, half the tokens).
+``--depth 0`` uses the trainable's free shapes instead (1x32, 2x32, 1x64, 2x64: wider only at
+every other rung), as the runs before --depth did.
 ``--reference-from DIR`` reuses the reference grid of an earlier run with the same plan and seed;
 ``--baselines-from DIR`` likewise reuses its (b) and (c) (they do not depend on raylaw's law, only
 on the trainable, the space and the seed), so a change to raylaw's method reruns (a) alone;
@@ -140,15 +143,19 @@ def _geom(lo: float, hi: float, n: int) -> list[float]:
 # 1.4% below bs 4 at lr 0.004 (mean of 3 seeds), so the grid reaches down to 1.
 # 20 trials per smaller rung: with 10, ASHA completed 1-5 per rung, and their optima (centroids
 # of those few, log sd 0.35-1.2) left the law's batch size at 2-5 at the target, where 1 is best.
+# Depth 2: with the free shapes (1x32, 2x32, 1x64, 2x64) the rung optima followed width, not N
+# (12 full-length trials at 5e4 = 1x64 found lr 0.0031-0.0036, at the 2x64 target the grid's best
+# is 0.004), and the law predicted lr 0.0014-0.0029 at the target in 5 runs; at widths 24, 32,
+# 48, 64 the rungs found 0.0033, 0.0047, 0.0052 and the law predicted 0.00365 (w0).
 FULL = Plan("full", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=20.0, rung_samples=20,
             target_samples=30, grid_lr=_geom(2e-3, 3.2e-2, 5), grid_bs=[1, 2, 4, 8, 16],
-            check_bs=(1, 8))
+            check_bs=(1, 8), n_layer=2)
 SMOKE = Plan("smoke", ladder=[3e3, 1.25e4], tokens_per_param=4, rung_samples=3,
              target_samples=3, max_samples=6, grid_lr=[3e-3, 1e-2], grid_bs=[8], check_bs=(8,),
              eval_every=4, eval_tokens=2**12, final_eval_tokens=2**13)
 QUICK = Plan("quick", ladder=[1.25e4, 2.5e4, 5e4, 1e5], tokens_per_param=10.0,
              rung_samples=8, target_samples=24, grid_lr=_geom(2e-3, 3.2e-2, 5),
-             grid_bs=[8, 24], check_bs=(8,))
+             grid_bs=[8, 24], check_bs=(8,), n_layer=2)
 
 
 # ------------------------------------------------------------------------------ Tune plumbing
@@ -980,7 +987,8 @@ def main() -> None:
                         help="(a)'s trials per smaller rung (default: the plan's)")
     parser.add_argument("--depth", type=int, default=None, metavar="L",
                         help="hold every model at L layers, so N sets the width alone (default: "
-                        "the trainable's free shapes, which widen at every other rung)")
+                        "the plan's, 2; 0: the trainable's free shapes, which widen at every "
+                        "other rung)")
     parser.add_argument("--sampler-seed", type=int, default=None, metavar="K",
                         help="seed of the methods' samplers (default: --seed; with "
                         "--baselines-from, (a)'s only); the trials' own seed stays --seed, so "
@@ -997,7 +1005,7 @@ def main() -> None:
     if args.rung_samples is not None:
         plan = dataclasses.replace(plan, rung_samples=args.rung_samples)
     if args.depth is not None:
-        plan = dataclasses.replace(plan, n_layer=args.depth)
+        plan = dataclasses.replace(plan, n_layer=args.depth or None)
     if args.extend_baselines is not None:
         return extend_finished(args, plan)
     if args.report_from is not None:
