@@ -73,6 +73,9 @@ def test_config_n_layer_sets_the_depth(tmp_path: Path) -> None:
     assert n_layer == 3 != lm.shape_for(2e4)[0]
     assert {k.split(".")[1] for k in state if k.startswith("blocks.")} == {"0", "1", "2"}
     assert state["wte.weight"].shape == (lm.VOCAB, n_embd)
+    for bad in (0, "two", 2.5):
+        with pytest.raises(ValueError, match="config n_layer: expected a positive integer"):
+            lm.run({**config, "n_layer": bad}, lambda metrics, ckpt: None)
 
 
 @pytest.mark.parametrize("shape", [(1, 32), (2, 64), (3, 96), (4, 128)])

@@ -75,8 +75,8 @@ def shape_for(N: float, n_layer: int | None = None) -> tuple[int, int, int]:
 
     Widths are multiples of 16 and the aspect ratio n_embd / n_layer stays within [16, 64];
     ties go to the shape whose aspect ratio is closest to 32. With ``n_layer`` given, only the
-    width scales (a multiple of 8, no aspect limit): a ladder whose every rung is wider, where
-    the free shape widens only at every other rung (1x32, 2x32, 1x64, 2x64 for N = 1.25e4..1e5).
+    width scales (a multiple of 8, no aspect limit), so every step up in N widens the model; the
+    free shapes widen only at every other doubling (1x32, 2x32, 1x64, 2x64 for N = 1.25e4..1e5).
     """
     if not N > 0:
         raise ValueError(f"N must be positive, got {N}")
@@ -371,8 +371,7 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
                                   max(eval_tokens, DEFAULT_FINAL_EVAL_TOKENS)))
     seed = int(config.get("seed", 0))
     torch.manual_seed(int(config.get("init_seed", seed)))
-    depth = config.get("n_layer")
-    model = GPT(*shape_for(N, None if depth is None else int(depth)), seq_len=seq_len).to(device)
+    model = GPT(*shape_for(N, _depth(config.get("n_layer"))), seq_len=seq_len).to(device)
     opt = make_optimizer(model, peak_lr, float(config.get("weight_decay", 0.0)))
     gen = torch.Generator().manual_seed(int(config.get("data_seed", seed)))
     step, best, train_loss, extra = 0, math.inf, math.nan, 0
@@ -431,6 +430,19 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
                 return send(DIVERGED_LOSS, raw, diverged=True)
         best = min(best, raw)
         send(val_loss, raw, diverged=False)
+
+
+def _depth(value: object) -> int | None:
+    """Config ``n_layer`` as a positive int (None: free shape), or a ValueError naming it."""
+    if value is None:
+        return None
+    try:
+        depth = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        depth = 0
+    if isinstance(value, bool) or depth < 1 or depth != value and str(depth) != str(value).strip():
+        raise ValueError(f"config n_layer: expected a positive integer, got {value!r}")
+    return depth
 
 
 def _diverged(val_loss: float, train_loss: float, best: float) -> bool:
