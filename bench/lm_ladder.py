@@ -987,8 +987,8 @@ def main() -> None:
                         help="(a)'s trials per smaller rung (default: the plan's)")
     parser.add_argument("--depth", type=int, default=None, metavar="L",
                         help="hold every model at L layers, so N sets the width alone (default: "
-                        "the plan's, 2; 0: the trainable's free shapes, which widen at every "
-                        "other rung)")
+                        "the plan's: 2 for the full and quick plans; 0: the trainable's free "
+                        "shapes, which widen at every other rung)")
     parser.add_argument("--sampler-seed", type=int, default=None, metavar="K",
                         help="seed of the methods' samplers (default: --seed; with "
                         "--baselines-from, (a)'s only); the trials' own seed stays --seed, so "
