@@ -1075,8 +1075,7 @@ def report_from(args: argparse.Namespace, plan: Plan) -> None:
         res = load_run(dataclasses.replace(plan, n_layer=meta.get("n_layer")), out)
         res["methods_fixed"] = meta.get("fixed", {})
         res["rung_cooldown"] = meta.get("rung_cooldown", 0.0)  # recorded since 2fc23c9
-        res.update({k: meta[k] for k in ("rung_samples", "censored_bounds", "rung_grace",
-                                         "n_layer")
+        res.update({k: meta[k] for k in ("rung_samples", "censored_bounds", "rung_grace")
                     if k in meta})  # recorded since censored bounds; see _a_protocol
         if meta.get("plan", plan.name) != plan.name:
             raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
@@ -1174,12 +1173,12 @@ def _a_protocol(res: dict[str, Any]) -> tuple[int, bool, float | None, int | Non
     """(trials per smaller rung, bounds in the law, ASHA grace there, fixed depth) of a run's
     (a); older runs: (10, False, None, None)."""
     return (int(res.get("rung_samples", 10)), bool(res.get("censored_bounds", False)),
-            res.get("rung_grace"), res.get("n_layer"))
+            res.get("rung_grace"), res["plan"].n_layer)
 
 
 def _widths(res: dict[str, Any]) -> str:
     plan = res["plan"]
-    return ", ".join(str(_shape(n, res.get("n_layer"))[1]) for n in plan.ladder)
+    return ", ".join(str(_shape(n, plan.n_layer)[1]) for n in plan.ladder)
 
 
 def pooled(rows_per_run: list[dict]) -> list[str]:
