@@ -261,10 +261,10 @@ def tune_study(study: optuna.Study, space: SearchSpace, scale: dict[str, float],
 
     budget = scale[space.budget]
     resources = {"cpu": 1.0, "gpu": 0.0}
+    scheduler = asha_scheduler(space, budget, study=study) if asha else None  # sweep's defaults
     search = LawSearch(study, distributions, space.metric, space.mode,
                        constants={"scale": scale, **extra}, fidelity=space.fidelity,
-                       budget=budget, resources=resources)
-    scheduler = asha_scheduler(space, budget, study=study) if asha else None  # sweep's defaults
+                       budget=budget, resources=resources, keep=getattr(scheduler, "keep", None))
     tuner = tune.Tuner(
         tune.with_resources(load_trainable(TRAINABLE), resources),
         tune_config=tune.TuneConfig(metric=space.metric, mode=space.mode, search_alg=search,

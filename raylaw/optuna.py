@@ -29,6 +29,7 @@ from raylaw.space import SearchSpace
 STATUS_ATTR = "raylaw_status"  # trial user attribute: completed / stopped / diverged / errored
 SCALE_ATTR = "scale"  # study user attribute: {"N": ..., "D": ...}
 SPACE_ATTR = "space"  # study user attribute: the search space's name
+LAW_CENTER_ATTR = "law_center"  # trial user attribute: the trial is the law's prediction
 
 
 class LawSampler(BaseSampler):
@@ -80,30 +81,40 @@ class LawSampler(BaseSampler):
         if not search_space or self._is_first(study, trial):
             return {}  # first trial: sample_independent proposes the law's center
         narrowed = {n: self._window(study, trial, n, d) for n, d in search_space.items()}
+        # a window of one value is no choice: sample_independent returns it
+        narrowed = {n: d for n, d in narrowed.items() if not d.single()}
         return self._base.sample_relative(study, trial, narrowed)
 
     def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
         pred = self._preds.get(param_name)
         if pred is not None and _numeric(param_distribution) and self._is_first(study, trial):
+            # marked in the store: the sweep runs the law's own recommendation to full length
+            study._storage.set_trial_user_attr(trial._trial_id, LAW_CENTER_ATTR, True)
             return _snap(pred.center, param_distribution)
         dist = self._window(study, trial, param_name, param_distribution)
+        if dist.single():
+            return dist.low
         if pred is not None and _numeric(dist) and self._in_startup(study):
-            return self._sample_near_center(pred, dist)
+            return self._sample_near_center(pred, dist, param_distribution)
         return self._base.sample_independent(study, trial, param_name, dist)
 
     def _in_startup(self, study: Study) -> bool:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         return len(done) < self._n_startup
 
-    def _sample_near_center(self, pred: Any, dist: BaseDistribution) -> float | int:
-        """Startup draws: the law's predictive distribution (log space), truncated to dist."""
+    def _sample_near_center(self, pred: Any, dist: BaseDistribution,
+                            declared: BaseDistribution) -> float | int:
+        """Startup draws: the law's predictive distribution (log space) inside the window
+        ``dist``; a draw beyond a bound the objective ``declared`` lands on that bound (the
+        optimum may lie past it: the best value there is the bound), not redrawn."""
         to, back = _warp(dist)
         lo, hi = to(dist.low), to(dist.high)
+        lo_d, hi_d = to(declared.low), to(declared.high)
         center = to(pred.center)
         sd = pred.log_sd if dist.log else pred.log_sd * pred.center
         for _ in range(64):
-            v = self._rng.normal(center, max(sd, 1e-12))
+            v = min(max(self._rng.normal(center, max(sd, 1e-12)), lo_d), hi_d)
             if lo <= v <= hi:
                 return _snap(back(v), dist)
         return _snap(back(self._rng.uniform(lo, hi)), dist)
@@ -145,12 +156,9 @@ class LawSampler(BaseSampler):
             if stalled >= self._patience:  # no progress inside the window: look wider
                 lo, hi = lo - span, hi + span
         lo, hi = max(lo, lo_d), min(hi, hi_d)
-        if isinstance(dist, IntDistribution):
-            lo_i, hi_i = math.floor(back(lo) + 1e-9), math.ceil(back(hi) - 1e-9)
-            lo_i = max(int(dist.low), lo_i - (lo_i - int(dist.low)) % dist.step)
-            hi_i = min(int(dist.high), max(hi_i, lo_i + dist.step))
-            hi_i -= (hi_i - lo_i) % dist.step
-            return IntDistribution(lo_i, max(hi_i, lo_i), log=dist.log, step=dist.step)
+        if isinstance(dist, IntDistribution):  # the values the window's ends round to
+            return IntDistribution(_snap(back(lo), dist), _snap(back(hi), dist), log=dist.log,
+                                   step=dist.step)
         if dist.step is not None:
             return dist  # discretized floats keep their declared grid
         return FloatDistribution(back(lo), back(hi), log=dist.log)

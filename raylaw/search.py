@@ -19,7 +19,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from raylaw.optuna import STATUS_ATTR
+from raylaw.optuna import LAW_CENTER_ATTR, STATUS_ATTR
 
 RAY_TRIAL_ATTR = "ray_trial_id"
 
@@ -45,13 +45,15 @@ class LawSearch(Searcher):
 
     ``constants`` (e.g. ``{"scale": {...}}``) are merged into every config. Trials already
     in the study but never finished (a crashed driver) are suggested again first, as the same
-    Optuna trial, so a resumed sweep runs each of them once more and records it once.
+    Optuna trial, so a resumed sweep runs each of them once more and records it once. The Tune
+    id of the trial that runs the law's prediction is added to ``keep`` (``LawASHA.keep``).
     """
 
     def __init__(self, study: optuna.Study, distributions: dict[str, BaseDistribution],
                  metric: str, mode: str, constants: dict[str, Any] | None = None,
                  fidelity: str | None = None, budget: float | None = None,
-                 resources: dict[str, float] | None = None) -> None:
+                 resources: dict[str, float] | None = None,
+                 keep: set[str] | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study = study
         self.distributions = distributions
@@ -59,6 +61,7 @@ class LawSearch(Searcher):
         self.fidelity = fidelity
         self.budget = budget
         self.resources = dict(resources or {})
+        self.keep = keep if keep is not None else set()
         self._live: dict[str, optuna.Trial] = {}
         self._steps: dict[int, set[int]] = {}  # steps reported per trial (Optuna warns on repeats)
         self._rerun = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -70,6 +73,8 @@ class LawSearch(Searcher):
         else:
             trial = self.study.ask(self.distributions)
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        if trial.user_attrs.get(LAW_CENTER_ATTR):
+            self.keep.add(trial_id)
         if self.resources:
             trial.set_user_attr("resources", self.resources)
         self._live[trial_id] = trial

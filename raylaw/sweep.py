@@ -195,7 +195,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     search = LawSearch(study, distributions, space.metric, space.mode,
                        constants={"scale": scale, **({"rungs": rungs} if rungs else {}),
                                   **cfg.constants},
-                       fidelity=space.fidelity, budget=budget, resources=resources)
+                       fidelity=space.fidelity, budget=budget, resources=resources,
+                       keep=getattr(scheduler, "keep", None))
     if remaining > 0:
         try:
             init_ray(address)
@@ -295,16 +296,16 @@ def asha_scheduler(space: SearchSpace, budget: float | None,
                    study: optuna.Study | None = None) -> Any:
     """ASHA on the space's fidelity up to ``budget``, its rungs seeded from ``study``'s trials.
 
-    The first rung is at ``grace_fraction`` of the budget. None (every trial runs to the
-    budget) when the space declares no fidelity or budget, or when ``grace_fraction`` is 1.
+    The first rung is at ``grace_fraction`` of the budget; the law's own prediction is never
+    stopped (``LawASHA``). None (every trial runs to the budget) when the space declares no
+    fidelity or budget, or when ``grace_fraction`` is 1.
     """
     if not (space.fidelity and budget) or grace_fraction >= 1:
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from raylaw.scheduler import LawASHA
 
-    scheduler = ASHAScheduler(time_attr=space.fidelity, max_t=budget,
-                              grace_period=budget * grace_fraction,
-                              reduction_factor=reduction_factor)
+    scheduler = LawASHA(time_attr=space.fidelity, max_t=budget,
+                        grace_period=budget * grace_fraction, reduction_factor=reduction_factor)
     if study is not None:
         _restore_rungs(scheduler, study, space)
     return scheduler

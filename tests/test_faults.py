@@ -84,6 +84,24 @@ def test_resumed_asha_keeps_its_rung_results(tmp_path):
     assert sorted(rungs[333].values()) == pytest.approx([-3.2, -2.8, -2.5])
 
 
+def test_asha_never_stops_the_laws_own_prediction():
+    """LawASHA stops the kept trial's peers as ASHA would, never the kept trial before max_t."""
+    from ray.tune.experiment import Trial
+
+    sched = asha_scheduler(SearchSpace.load(LM_SPACE), 900.0)  # rungs 100, 300, 900
+    sched.set_search_properties("loss", "min")  # as the Tuner does
+    trials = [Trial("bowl", stub=True) for _ in range(4)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    sched.keep.add(trials[3].trial_id)
+    actions = [sched.on_trial_result(None, t, {"tokens": 100.0, "loss": 1.0 + i})
+               for i, t in enumerate(trials)]  # each worse than the ones before
+    assert actions == ["CONTINUE", "STOP", "STOP", "CONTINUE"]
+    rung = dict(sched._brackets[0]._rungs)[100.0]
+    assert rung[trials[3].trial_id] == -4.0  # its result still sets the others' cutoff
+    assert sched.on_trial_result(None, trials[3], {"tokens": 900.0, "loss": 1.0}) == "STOP"
+
+
 def test_asha_flags_set_its_rungs_and_grace_fraction_1_turns_it_off(ray_local, tmp_path):
     space = SearchSpace.load(LM_SPACE)
     sched = asha_scheduler(space, 1000.0, grace_fraction=0.25, reduction_factor=2)

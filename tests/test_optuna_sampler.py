@@ -102,6 +102,39 @@ def test_wrong_law_still_converges_inside_hard_bounds():
     assert all(1e-5 <= t.params["lr"] <= 1.0 for t in study.trials)
 
 
+def test_an_integer_interval_inside_one_value_is_that_value():
+    """A law sure of bs < 1.5 (the floor is 1) tries bs 1 alone, not 1 and 2."""
+    law = fitted_law()
+    law.terms["bs"].means[:, 0] += math.log(0.6 / LAW.predict(TARGET)["bs"].center)
+    sampler = LawSampler(law, SPACE, TARGET, seed=0)
+    assert sampler.predictions["bs"].high < 1.5
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(objective, n_trials=10)
+    assert {t.params["bs"] for t in study.trials} == {1}
+    assert len({t.params["lr"] for t in study.trials}) == 10  # the others are still searched
+
+
+def test_startup_draws_past_a_hard_bound_land_on_it():
+    """The law's predictive mass beyond the objective's own floor goes to the floor (the best
+    value there), not redrawn inside: with the floor at the law's center, about half of it."""
+    sampler = LawSampler(LAW, SPACE, TARGET, seed=0, n_startup_trials=41, patience=100)
+    pred = sampler.predictions["lr"]
+
+    def floored(trial: optuna.Trial) -> float:
+        return objective_at(trial, trial.suggest_float("lr", pred.center, 1.0, log=True))
+
+    def objective_at(trial: optuna.Trial, lr: float) -> float:
+        bs = trial.suggest_int("bs", 1, 4096, log=True)
+        return 2.0 + 0.05 * math.log(lr / pred.center) ** 2 + 1e-6 * bs
+
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(floored, n_trials=41)
+    draws = [t.params["lr"] for t in study.trials[1:]]  # the first is the center itself
+    at_floor = sum(v == pytest.approx(pred.center, rel=1e-12) for v in draws)
+    assert 10 <= at_floor <= 30, at_floor
+    assert all(pred.center <= v <= pred.high * 1.0001 for v in draws)
+
+
 def test_objectives_own_distributions_are_respected():
     """A governed name in a narrower, linear or stepped distribution stays inside it."""
     def narrow(trial: optuna.Trial) -> float:

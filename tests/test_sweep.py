@@ -89,6 +89,8 @@ def test_asha_stops_poor_trials_and_refit_versions_the_law(ray_local, tmp_path, 
     # async ASHA (reduction 3) lets about 1 in 9 trials run to full length; the first always does
     assert len(ts) == 8 and statuses.count("completed") >= 1, statuses
     assert statuses.count("stopped") >= 1, statuses  # ASHA cut some off at a lower fidelity
+    centers = [t for t in ts if t.user_attrs.get("law_center")]  # the law's prediction
+    assert [t.number for t in centers] == [0] and centers[0].state == TrialState.COMPLETE
     for t in ts:
         if t.user_attrs["raylaw_status"] == "stopped":
             assert t.state == TrialState.PRUNED and t.user_attrs["fidelity"] < 1e5
