@@ -31,7 +31,8 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
    target, enough to run until it reaches the target: only the trials finished by then count);
    the law (steplaw prior) is refitted after each rung, so each rung's sweep is narrowed by the
    law of the rungs before
-   (``LawSampler`` + ASHA on tokens). Reported per rung: the law's predicted lr and batch size
+   (``LawSampler`` + ASHA on tokens; the trial at the law's prediction, each sweep's first,
+   is never stopped early). Reported per rung: the law's predicted lr and batch size
    (center, 90% interval) against the optimum the sweep found (``extract_optimum``).
    Every method holds weight decay and warmup at the grid's values (``Plan.fixed``, passed as
    trial constants, which ``run_sweep`` removes from the search): the grid is exhaustive over
@@ -42,7 +43,8 @@ trial, 2 trials at a time, space ``search_spaces/lm.yaml``, D = 20 N (full) or 1
    cooldown of 10% of the steps so far (on a copy of the run; those tokens count in (a)'s cost).
 3. (b) ASHA over the full space: ``LawSearch`` over an Optuna study with a ``RandomSampler``
    over ``space.fix(plan.fixed).optuna_distributions()`` (the hard ranges of lr and bs) and the
-   same ``ASHAScheduler`` settings ``run_sweep`` uses (grace D/9, reduction factor 3). Its
+   same ASHA settings ``run_sweep`` uses (grace D/9, reduction factor 3; with no law, no
+   trial is kept from stopping). Its
    trials are not told the rungs, so ASHA compares their plain mid-schedule loss, as a Ray Tune
    user's trainable reports it.
 4. (c) Optuna TPE over the full space without early stopping: ``LawSearch`` over a study with

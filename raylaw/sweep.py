@@ -25,7 +25,7 @@ from raylaw.errors import RaylawError
 from raylaw.history import save_version
 from raylaw.law import Optimum, Prediction, ScalingLaw, Term
 from raylaw.optimum import extract_optimum
-from raylaw.optuna import LawSampler, optima_from_studies, trials_frame
+from raylaw.optuna import LAW_CENTER_ATTR, LawSampler, optima_from_studies, trials_frame
 from raylaw.space import SearchSpace
 from raylaw.store import DEFAULT_STORE, STATE_ATTR, create_sweep, open_store, sweep_studies
 
@@ -76,6 +76,7 @@ class SweepResult:
     tokens_trained: float
     tokens_full: float
     resumed: bool = False
+    center_value: float | None = None  # the metric the law's own prediction reached
 
 
 def load_trainable(spec: str) -> Callable[[dict], Any]:
@@ -265,6 +266,7 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
         best = min(completed, key=lambda t: t.value if space.mode == "min" else -t.value)
         best_value = best.value
         best_params = {**best.params, **study.user_attrs.get("fixed", {})}
+    center = [t.value for t in completed if t.user_attrs.get(LAW_CENTER_ATTR)]
     after, version = None, None
     evidence = optima_from_studies(storage, space, [s.study_name for s in sweep_studies(
         storage, space.name)])
@@ -282,7 +284,8 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
         if after is not None:
             version = save_version(after, cfg.law_path, note=f"after sweep {study.study_name}")
     return SweepResult(study.study_name, counts, prediction, optimum, best_value, best_params,
-                       law, after, version, tokens, full, resumed)
+                       law, after, version, tokens, full, resumed,
+                       center[0] if center else None)
 
 
 def _fresh_term(term: Term) -> Term:
@@ -350,6 +353,8 @@ def format_summary(r: SweepResult) -> str:
     if r.best_value is not None:
         lines.append(f"best trial: {r.best_value:.5g}  " + ", ".join(
             f"{k}={_fmt(v)}" for k, v in r.best_params.items()))
+    if r.center_value is not None:
+        lines.append(f"law's prediction, trained to full length: {r.center_value:.5g}")
     if r.optimum is not None:
         lines.append(f"{'hp':<14}{'predicted':>11}{'interval':>24}{'found':>11}"
                      f"{'log err':>9}  inside")

@@ -99,6 +99,7 @@ def test_asha_stops_poor_trials_and_refit_versions_the_law(ray_local, tmp_path, 
         # the learning curve ends where the trial ended (ASHA's stopping point included)
         assert max(t.intermediate_values) == int(t.user_attrs["fidelity"])
     assert "law version 1 written" in first
+    assert f"law's prediction, trained to full length: {centers[0].value:.5g}" in first
     # a second sweep at another scale refits from both and keeps version 1
     assert main(sweep_args(tmp_path, scale=("N=4e5", "D=4e5"), samples=4)) == 0
     assert [p.name for p in versions(tmp_path / "law.json")] == ["v0001.json", "v0002.json"]
