@@ -95,7 +95,7 @@ from ray.tune.stopper import Stopper  # noqa: E402
 
 from raylaw import SearchSpace  # noqa: E402
 from raylaw.files import atomic_write_text  # noqa: E402
-from raylaw.optuna import STATUS_ATTR, trials_frame  # noqa: E402
+from raylaw.optuna import LAW_CENTER_ATTR, STATUS_ATTR, trials_frame  # noqa: E402
 from raylaw.store import open_store  # noqa: E402
 from raylaw.sweep import SweepConfig, init_ray, load_law, loopback_ray_env, run_sweep  # noqa: E402
 
@@ -625,6 +625,9 @@ def load_run(plan: Plan, out: Path) -> dict[str, Any]:
             best_value=float(done["value"].min()) if len(done) else None)
         rungs.append({"scale": scale, "pred": laws[i].predict(scale), "result": r,
                       "curve": curve(study)})
+        # a sweep whose first trial, the law's prediction, ASHA could not stop (since 23c186b)
+        res["law_center_kept"] = res.get("law_center_kept", False) or any(
+            t.user_attrs.get(LAW_CENTER_ATTR) for t in study.get_trials(deepcopy=False))
     res["rungs"] = rungs
     res["b"] = curve(optuna.load_study(study_name="asha-full", storage=base_storage))
     res["c"] = curve(optuna.load_study(study_name="tpe-full", storage=base_storage))
@@ -732,10 +735,13 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          "Protocol: see the docstring of `bench/lm_ladder.py`. Cost = tokens trained by all "
          "trials of a method at the target scale, summed in completion order, up to the first "
          "completed full-length trial with loss <= 1.005 L*. (a) is `run_sweep` on each rung "
-         "(law refitted after each, steplaw prior); (b) is `LawSearch` over a `RandomSampler` "
-         "study on the full hard ranges of lr and batch size with run_sweep's ASHA "
-         "settings; (c) is `LawSearch` over `TPESampler(multivariate=True, n_startup_trials=4)` "
-         "on the same ranges, no scheduler. " + (
+         "(law refitted after each, steplaw prior" + (
+             "; each sweep's first trial, at the law's prediction, never stopped early"
+             if res.get("law_center_kept") else "")
+         + "); (b) is `LawSearch` over a `RandomSampler` study on the full hard ranges of lr "
+         "and batch size with run_sweep's ASHA settings; (c) is `LawSearch` over "
+         "`TPESampler(multivariate=True, n_startup_trials=4)` on the same ranges, "
+         "no scheduler. " + (
              f"Every method holds {fixed} as the grid does (trial constants, not searched)."
              if res.get("methods_fixed") else "The grid fixes weight decay and warmup; the "
              "methods search them (runs before the methods held them fixed).")
@@ -1136,7 +1142,7 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
             label += "; methods searched weight decay and warmup"
         if not res.get("rung_cooldown"):
             label += "; (a) without cooldown at rungs"
-        samples, bounds, grace, depth = _a_protocol(res)
+        samples, bounds, grace, depth, kept = _a_protocol(res)
         if (samples, bounds, grace) != proto[:3]:
             label += (f"; (a) {samples} trials per smaller rung"
                       + ("" if grace is None else f" (ASHA grace {grace:g} there)")
@@ -1144,6 +1150,9 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
         if depth != proto[3]:
             label += "; free shapes on the ladder" if depth is None else (
                 f"; ladder at depth {depth} (widths {_widths(res)})")
+        if kept != proto[4]:
+            label += ("; (a) kept the law's prediction from ASHA, bs windows rounded" if kept
+                      else "; before (a) kept the law's prediction from ASHA")
         L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -1166,16 +1175,17 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
                  else "fitted every optimum as a point")
               + (" and used the free shapes on the ladder" if proto[3] is None
                  else f" and held the ladder at depth {proto[3]}")
+              + (", kept the law's prediction from ASHA's stops" if proto[4] else "")
               + " as the first run's did.", ""]
     L += pooled([summarize(res)["rows"] for res in same])
     return L
 
 
-def _a_protocol(res: dict[str, Any]) -> tuple[int, bool, float | None, int | None]:
-    """(trials per smaller rung, bounds in the law, ASHA grace there, fixed depth) of a run's
-    (a); older runs: (10, False, None, None)."""
+def _a_protocol(res: dict[str, Any]) -> tuple[int, bool, float | None, int | None, bool]:
+    """(trials per smaller rung, bounds in the law, ASHA grace there, fixed depth, the law's
+    prediction kept from ASHA) of a run's (a); older runs: (10, False, None, None, False)."""
     return (int(res.get("rung_samples", 10)), bool(res.get("censored_bounds", False)),
-            res.get("rung_grace"), res["plan"].n_layer)
+            res.get("rung_grace"), res["plan"].n_layer, bool(res.get("law_center_kept")))
 
 
 def _widths(res: dict[str, Any]) -> str:
