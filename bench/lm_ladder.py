@@ -517,7 +517,6 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
 
     # (b) ASHA over the full space (random sampler), (c) TPE over the full space, no ES; each
     # until it reaches the target or has spent ALLOWANCE x its goal x raylaw's cost
-    full = space.fix(plan.fixed).optuna_distributions()
     target_loss = ref_best * (1 + TOL)
     cost_a = rungs[-1]["curve"].cost_to(target_loss)[0] or rungs[-1]["curve"].total
     if baselines_from is not None:
@@ -527,29 +526,39 @@ def run(plan: Plan, out: Path, seed: int, reference_from: Path | None = None,
         return res
     res["allowance"] = {}
     bseed = seed if sampler_seed is None else sampler_seed  # the baselines' samplers too
-    for key, goal, name, sampler, asha, title in (
-            ("b", 3.0, "asha-full", optuna.samplers.RandomSampler(seed=bseed), True,
-             "(b) ASHA, full space"),
-            ("c", 5.0, "tpe-full", optuna.samplers.TPESampler(
-                seed=bseed + 1, multivariate=True, n_startup_trials=4), False,
-             "(c) TPE, full space, no early stopping")):
+    for key, title in (("b", "(b) ASHA, full space"),
+                       ("c", "(c) TPE, full space, no early stopping")):
         t0 = time.time()
-        allowance = ALLOWANCE * goal * cost_a
-        res["allowance"][key] = allowance
-        print(f"{title}: until loss <= {target_loss:.4f} or {allowance / 1e6:.2f}M tokens",
-              flush=True)
-        st = optuna.create_study(study_name=name, storage=base_storage, direction="minimize",
-                                 sampler=sampler)
-        stop = UntilTarget(space, target[space.budget], target_loss, allowance)
-        tune_study(st, space, target, full, constants(plan), plan.max_samples, asha=asha,
-                   results=results, stopper=stop)
-        record_cut_off(st, stop)
-        res[key] = curve(st)
-        res["allowance"][f"{key}_spent"] = stop.spent  # incl. trials cut off when it ended
-        atomic_write_text(out / "allowance.json", json.dumps(res["allowance"]))
+        res[key] = train_baseline(plan, out, space, key, bseed, target_loss, cost_a,
+                                  res["allowance"])
         phase(title, t0)
-    phase("(c) TPE, full space, no early stopping", t0)
     return res
+
+
+BASELINES = {"b": (3.0, "asha-full", True), "c": (5.0, "tpe-full", False)}  # goal, study, ASHA
+
+
+def train_baseline(plan: Plan, out: Path, space: SearchSpace, key: str, seed: int,
+                   target_loss: float, cost_a: float, allowance: dict[str, float]) -> Curve:
+    """Train baseline ``key`` (a new study in baselines.db) until it reaches the target or has
+    spent ALLOWANCE x its goal x (a)'s cost; ``allowance`` (saved to allowance.json) records both.
+    (b)'s ``RandomSampler`` takes ``seed``, (c)'s TPE ``seed + 1``."""
+    goal, name, asha = BASELINES[key]
+    sampler = (optuna.samplers.RandomSampler(seed=seed) if asha else optuna.samplers.TPESampler(
+        seed=seed + 1, multivariate=True, n_startup_trials=4))
+    target = scale_of(plan, plan.ladder[-1])
+    allowance[key] = ALLOWANCE * goal * cost_a
+    print(f"({key}): until loss <= {target_loss:.4f} or {allowance[key] / 1e6:.2f}M tokens",
+          flush=True)
+    st = optuna.create_study(study_name=name, storage=open_store(
+        f"sqlite:///{out / 'baselines.db'}"), direction="minimize", sampler=sampler)
+    stop = UntilTarget(space, target[space.budget], target_loss, allowance[key])
+    tune_study(st, space, target, space.fix(plan.fixed).optuna_distributions(), constants(plan),
+               plan.max_samples, asha=asha, results=out / "results", stopper=stop)
+    record_cut_off(st, stop)
+    allowance[f"{key}_spent"] = stop.spent  # incl. trials cut off when it ended
+    atomic_write_text(out / "allowance.json", json.dumps(allowance))
+    return curve(st)
 
 
 def extend_baselines(plan: Plan, out: Path, space: SearchSpace, target_loss: float,
@@ -988,6 +997,10 @@ def main() -> None:
     parser.add_argument("--extend-baselines", type=Path, default=None, metavar="DIR",
                         help="train only (b) and (c) of the finished run in DIR, continuing "
                         "reused baselines up to its (a)'s allowance, then report it")
+    parser.add_argument("--own-c", type=Path, default=None, metavar="DIR",
+                        help="train (c) anew in the finished run DIR that reran (a) alone "
+                        "with --sampler-seed K on reused baselines, with K's TPE seed (K + 1), "
+                        "then report it (the reused (c) is kept in DIR/baselines-reused.db)")
     parser.add_argument("--rung-grace", type=float, default=None, metavar="F",
                         help="ASHA's grace fraction on (a)'s smaller rungs (1: no early "
                              "stopping there)")
@@ -1016,6 +1029,8 @@ def main() -> None:
         plan = dataclasses.replace(plan, n_layer=args.depth or None)
     if args.extend_baselines is not None:
         return extend_finished(args, plan)
+    if args.own_c is not None:
+        return own_c(args, plan)
     if args.report_from is not None:
         return report_from(args, plan)
     out = Path(args.out or tempfile.mkdtemp(prefix="raylaw-lm-ladder-")).resolve()
@@ -1071,6 +1086,45 @@ def extend_finished(args: argparse.Namespace, plan: Plan) -> None:
         import ray
 
         ray.shutdown()
+    args.report_from = [out]
+    report_from(args, plan)
+
+
+def own_c(args: argparse.Namespace, plan: Plan) -> None:
+    """``--own-c DIR``: train (c) anew in DIR, a finished run that reran (a) alone with
+    ``--sampler-seed K`` on reused baselines, with TPE seed K + 1, as a run with all three
+    methods on sampler seed K would have. Such runs otherwise share one draw of (c)'s cost.
+    The reused (c) is kept in baselines-reused.db."""
+    import shutil
+
+    out = args.own_c.resolve()
+    meta = json.loads((out / "run.json").read_text())
+    if meta.get("sampler_seed") is None or "--baselines-from" not in meta.get("command", ""):
+        raise SystemExit(f"--own-c {out}: not a run of (a) alone with --sampler-seed on "
+                         "reused baselines")
+    plan = dataclasses.replace(plan, n_layer=meta.get("n_layer"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    loopback_ray_env(None)
+    res = load_run(plan, out)
+    target_loss = res["ref"][2] * (1 + TOL)
+    a = res["rungs"][-1]["curve"]
+    if not (out / "baselines-reused.db").exists():
+        shutil.copyfile(out / "baselines.db", out / "baselines-reused.db")
+    storage = f"sqlite:///{out / 'baselines.db'}"
+    if "tpe-full" in optuna.get_all_study_names(storage):
+        optuna.delete_study(study_name="tpe-full", storage=storage)
+    allowance = json.loads((out / "allowance.json").read_text())
+    init_ray(None)
+    try:
+        train_baseline(plan, out, SearchSpace.load(ROOT / "search_spaces" / "lm.yaml"), "c",
+                       int(meta["sampler_seed"]), target_loss,
+                       a.cost_to(target_loss)[0] or a.total, allowance)
+    finally:
+        import ray
+
+        ray.shutdown()
+    atomic_write_text(out / "run.json", json.dumps({**meta, "own_c": True}))
     args.report_from = [out]
     report_from(args, plan)
 
@@ -1135,7 +1189,9 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
         seed = _run_seed(meta)
         if _sampler_seed(meta) is not None:
             reused = _flag(meta.get("command", ""), "--baselines-from") is not None
-            seed += f", {'(a) sampler' if reused else 'samplers'} {_sampler_seed(meta)}"
+            which = ("(a), (c) sampler" if meta.get("own_c") else "(a) sampler") if reused \
+                else "samplers"
+            seed += f", {which} {_sampler_seed(meta)}"
         name = _flag(meta.get("command", ""), "--out")
         label = f"{Path(name).name}: seed {seed}" if name else f"seed {seed}"
         if not res.get("methods_fixed"):
