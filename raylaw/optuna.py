@@ -40,7 +40,8 @@ class LawSampler(BaseSampler):
     Governed hyperparameters (those the law predicts) get law-guided values inside whatever
     distribution the objective declares; every other parameter is left to ``base_sampler``.
     The window grows by its span on both sides after ``patience`` completed trials without a
-    new best (pruned trials do not count: they could not have become the best).
+    new best (pruned trials do not count: they could not have become the best). The first
+    trial, the law's prediction, gets user attribute ``law_center`` (a sweep never stops it).
     """
 
     def __init__(self, law: ScalingLaw | None, space: SearchSpace | None,
