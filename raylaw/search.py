@@ -73,7 +73,8 @@ class LawSearch(Searcher):
         else:
             trial = self.study.ask(self.distributions)
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
-        if trial.user_attrs.get(LAW_CENTER_ATTR):
+        # the sampler marked it in the store (a Trial's own user_attrs are a cache of its own)
+        if self.study._storage.get_trial_user_attrs(trial._trial_id).get(LAW_CENTER_ATTR):
             self.keep.add(trial_id)
         if self.resources:
             trial.set_user_attr("resources", self.resources)

@@ -50,6 +50,19 @@ def flaky(config: dict) -> None:
     bowl(config)
 
 
+def worst_center(config: dict) -> None:
+    """``bowl``, except that the trial at lr ``worst_lr`` (the law's prediction) is the worst
+    at every report and the slowest to reach each: ASHA alone would stop it at its first rung."""
+    from ray import tune
+
+    if not math.isclose(float(config["lr"]), float(config["worst_lr"]), rel_tol=1e-9):
+        return bowl(config)
+    d = float(config["scale"]["D"])
+    for i in range(1, 7):
+        time.sleep(8.0 if i == 1 else 0.2)  # the others reach the first rung before it
+        tune.report({"loss": 10.0 + 1.0 / i, "tokens": d * i / 6, "diverged": False})
+
+
 def gpu_probe(config: dict) -> None:
     """Records which GPU Ray assigned (CUDA_VISIBLE_DEVICES) and when the trial ran."""
     import json

@@ -14,8 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
 from raylaw.history import versions
+from raylaw.optuna import LawSampler
 from tests.conftest import LM_SPACE, ROOT
 
 pytestmark = pytest.mark.ray
@@ -106,6 +108,22 @@ def test_asha_stops_poor_trials_and_refit_versions_the_law(ray_local, tmp_path, 
     assert main(["history", str(tmp_path / "law.json")]) == 0
     hist = capsys.readouterr().out
     assert "v0001" in hist and "v0002" in hist
+
+
+def test_asha_never_stops_the_laws_prediction(ray_local, tmp_path):
+    space = SearchSpace.load(LM_SPACE)
+    scale = {"N": 1e5, "D": 1e5}
+    law = ScalingLaw.for_space(space, prior="steplaw")  # what a sweep with no --law file uses
+    center = LawSampler(law, space, scale).predictions["lr"].center
+    assert main(sweep_args(tmp_path, "--config", f"worst_lr={center!r}", "--config", "sleep=0.05",
+                           samples=6, trainable="tests.synthetic:worst_center")) == 0
+    ts = trials(tmp_path)
+    kept = [t for t in ts if t.user_attrs.get("law_center")]
+    assert len(kept) == 1 and kept[0].params["lr"] == pytest.approx(center, rel=1e-9)
+    assert kept[0].user_attrs["raylaw_status"] == "completed", kept[0].user_attrs
+    assert kept[0].value > 10  # the worst trial at every rung, trained to the end all the same
+    statuses = [t.user_attrs["raylaw_status"] for t in ts]
+    assert "stopped" in statuses, statuses  # the others are still ASHA's to stop
 
 
 def test_diverging_and_crashing_trials_do_not_fail_the_sweep(ray_local, tmp_path):
