@@ -95,7 +95,7 @@ from ray.tune.stopper import Stopper  # noqa: E402
 
 from raylaw import SearchSpace  # noqa: E402
 from raylaw.files import atomic_write_text  # noqa: E402
-from raylaw.optuna import LAW_CENTER_ATTR, STATUS_ATTR, trials_frame  # noqa: E402
+from raylaw.optuna import STATUS_ATTR, trials_frame  # noqa: E402
 from raylaw.store import open_store  # noqa: E402
 from raylaw.sweep import SweepConfig, init_ray, load_law, loopback_ray_env, run_sweep  # noqa: E402
 
@@ -183,8 +183,12 @@ def rung_cooldown(plan: Plan) -> float:
 
 def a_protocol(plan: Plan) -> dict[str, Any]:
     """What (a) ran with, recorded in run.json: runs differing in these are not pooled.
-    ``censored_bounds``: the law treats an optimum on the space's bound as a bound."""
-    out = {"rung_samples": plan.rung_samples, "censored_bounds": True}
+    ``censored_bounds``: the law treats an optimum on the space's bound as a bound;
+    ``rounded_int_windows``: LawSampler's integer window is the values its ends round to;
+    ``law_center_kept``: ASHA never stops the law's prediction (both since 23c186b, the second
+    in effect since its fix)."""
+    out = {"rung_samples": plan.rung_samples, "censored_bounds": True,
+           "rounded_int_windows": True, "law_center_kept": True}
     if plan.rung_grace is not None:
         out["rung_grace"] = plan.rung_grace
     if plan.n_layer is not None:
@@ -634,9 +638,6 @@ def load_run(plan: Plan, out: Path) -> dict[str, Any]:
             best_value=float(done["value"].min()) if len(done) else None)
         rungs.append({"scale": scale, "pred": laws[i].predict(scale), "result": r,
                       "curve": curve(study)})
-        # a sweep whose first trial, the law's prediction, ASHA could not stop (since 23c186b)
-        res["law_center_kept"] = res.get("law_center_kept", False) or any(
-            t.user_attrs.get(LAW_CENTER_ATTR) for t in study.get_trials(deepcopy=False))
     res["rungs"] = rungs
     res["b"] = curve(optuna.load_study(study_name="asha-full", storage=base_storage))
     res["c"] = curve(optuna.load_study(study_name="tpe-full", storage=base_storage))
@@ -747,6 +748,8 @@ def section(res: dict[str, Any], s: dict[str, Any], command: str, wall: float,
          "(law refitted after each, steplaw prior" + (
              "; each sweep's first trial, at the law's prediction, never stopped early"
              if res.get("law_center_kept") else "")
+         + ("; its integer windows are the values the law's interval rounds to"
+            if res.get("rounded_int_windows") else "")
          + "); (b) is `LawSearch` over a `RandomSampler` study on the full hard ranges of lr "
          "and batch size with run_sweep's ASHA settings; (c) is `LawSearch` over "
          "`TPESampler(multivariate=True, n_startup_trials=4)` on the same ranges, "
@@ -1137,7 +1140,8 @@ def report_from(args: argparse.Namespace, plan: Plan) -> None:
         res = load_run(dataclasses.replace(plan, n_layer=meta.get("n_layer")), out)
         res["methods_fixed"] = meta.get("fixed", {})
         res["rung_cooldown"] = meta.get("rung_cooldown", 0.0)  # recorded since 2fc23c9
-        res.update({k: meta[k] for k in ("rung_samples", "censored_bounds", "rung_grace")
+        res.update({k: meta[k] for k in ("rung_samples", "censored_bounds", "rung_grace",
+                                          "rounded_int_windows", "law_center_kept")
                     if k in meta})  # recorded since censored bounds; see _a_protocol
         if meta.get("plan", plan.name) != plan.name:
             raise SystemExit(f"{out} holds a '{meta['plan']}' run; pass the matching flags")
@@ -1198,7 +1202,7 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
             label += "; methods searched weight decay and warmup"
         if not res.get("rung_cooldown"):
             label += "; (a) without cooldown at rungs"
-        samples, bounds, grace, depth, kept = _a_protocol(res)
+        samples, bounds, grace, depth, rounded, kept = _a_protocol(res)
         if (samples, bounds, grace) != proto[:3]:
             label += (f"; (a) {samples} trials per smaller rung"
                       + ("" if grace is None else f" (ASHA grace {grace:g} there)")
@@ -1206,9 +1210,12 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
         if depth != proto[3]:
             label += "; free shapes on the ladder" if depth is None else (
                 f"; ladder at depth {depth} (widths {_widths(res)})")
-        if kept != proto[4]:
-            label += ("; (a) kept the law's prediction from ASHA, bs windows rounded" if kept
-                      else "; before (a) kept the law's prediction from ASHA")
+        if rounded != proto[4]:
+            label += ("; (a) with rounded bs windows" if rounded
+                      else "; (a) before rounded bs windows")
+        if kept != proto[5]:
+            label += ("; (a) kept the law's prediction from ASHA" if kept
+                      else "; (a) did not keep the law's prediction from ASHA")
         L.append(f"| {label} | {res['ref'][2]:.4f} | {s['target']:.4f} | "
                  f"{_tok(rows['a']['cost'])} | {_tok(rows['b']['cost'])} | "
                  f"{_tok(rows['c']['cost'])} | {cells[0]} | {cells[1]} | {w_txt} | "
@@ -1231,17 +1238,20 @@ def replicates(runs: list[tuple[dict, dict[str, Any]]]) -> list[str]:
                  else "fitted every optimum as a point")
               + (" and used the free shapes on the ladder" if proto[3] is None
                  else f" and held the ladder at depth {proto[3]}")
-              + (", kept the law's prediction from ASHA's stops" if proto[4] else "")
+              + (", rounded bs windows" if proto[4] else "")
+              + (", kept the law's prediction from ASHA's stops" if proto[5] else "")
               + " as the first run's did.", ""]
     L += pooled([summarize(res)["rows"] for res in same])
     return L
 
 
-def _a_protocol(res: dict[str, Any]) -> tuple[int, bool, float | None, int | None, bool]:
-    """(trials per smaller rung, bounds in the law, ASHA grace there, fixed depth, the law's
-    prediction kept from ASHA) of a run's (a); older runs: (10, False, None, None, False)."""
+def _a_protocol(res: dict[str, Any]) -> tuple[int, bool, float | None, int | None, bool, bool]:
+    """(trials per smaller rung, bounds in the law, ASHA grace there, fixed depth, rounded
+    integer windows, the law's prediction kept from ASHA) of a run's (a); older runs: (10,
+    False, None, None, False, False)."""
     return (int(res.get("rung_samples", 10)), bool(res.get("censored_bounds", False)),
-            res.get("rung_grace"), res["plan"].n_layer, bool(res.get("law_center_kept")))
+            res.get("rung_grace"), res["plan"].n_layer, bool(res.get("rounded_int_windows")),
+            bool(res.get("law_center_kept")))
 
 
 def _widths(res: dict[str, Any]) -> str:
