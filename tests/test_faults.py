@@ -155,8 +155,11 @@ def test_gpu_trials_get_their_own_devices(ray_local, tmp_path, gpus, cpus, sampl
     distinct devices; 0.5 packs two trials per device."""
     probe = tmp_path / "probe"
     probe.mkdir()
+    # long enough that trials overlap even when a loaded machine starts their workers slowly
+    sleep = 4 if gpus == "1" else 8
     args = sweep_args(tmp_path, "--config", f"probe_dir={json.dumps(str(probe))}",
-                      "--config", "sleep=4", "--gpus-per-trial", gpus, "--cpus-per-trial", cpus,
+                      "--config", f"sleep={sleep}", "--gpus-per-trial", gpus,
+                      "--cpus-per-trial", cpus,
                       samples=samples, trainable="tests.synthetic:gpu_probe")
     assert main(args) == 0
     records = probe_records(probe)
