@@ -80,6 +80,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1072,9 +1073,10 @@ def main() -> None:
     print(f"wall time {wall / 60:.1f} min; stores in {out}")
 
 
-def extend_finished(args: argparse.Namespace, plan: Plan) -> None:
-    """``--extend-baselines DIR``: continue DIR's reused (b) and (c) to its (a)'s allowance."""
-    out = args.extend_baselines.resolve()
+def _on_finished(args: argparse.Namespace, plan: Plan, out: Path,
+                 train: Callable[[SearchSpace, float, float], None]) -> None:
+    """Train more of the finished run in ``out`` on Ray (``train(space, target loss, (a)'s
+    cost)``), then report it."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     loopback_ray_env(None)
@@ -1083,14 +1085,21 @@ def extend_finished(args: argparse.Namespace, plan: Plan) -> None:
     a = res["rungs"][-1]["curve"]
     init_ray(None)
     try:
-        extend_baselines(plan, out, SearchSpace.load(ROOT / "search_spaces" / "lm.yaml"),
-                         target_loss, a.cost_to(target_loss)[0] or a.total, plan.seed)
+        train(SearchSpace.load(ROOT / "search_spaces" / "lm.yaml"), target_loss,
+              a.cost_to(target_loss)[0] or a.total)
     finally:
         import ray
 
         ray.shutdown()
     args.report_from = [out]
     report_from(args, plan)
+
+
+def extend_finished(args: argparse.Namespace, plan: Plan) -> None:
+    """``--extend-baselines DIR``: continue DIR's reused (b) and (c) to its (a)'s allowance."""
+    out = args.extend_baselines.resolve()
+    _on_finished(args, plan, out, lambda space, target_loss, cost_a: extend_baselines(
+        plan, out, space, target_loss, cost_a, plan.seed))
 
 
 def own_c(args: argparse.Namespace, plan: Plan) -> None:
@@ -1106,30 +1115,19 @@ def own_c(args: argparse.Namespace, plan: Plan) -> None:
         raise SystemExit(f"--own-c {out}: not a run of (a) alone with --sampler-seed on "
                          "reused baselines")
     plan = dataclasses.replace(plan, n_layer=meta.get("n_layer"))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    loopback_ray_env(None)
-    res = load_run(plan, out)
-    target_loss = res["ref"][2] * (1 + TOL)
-    a = res["rungs"][-1]["curve"]
-    if not (out / "baselines-reused.db").exists():
-        shutil.copyfile(out / "baselines.db", out / "baselines-reused.db")
-    storage = f"sqlite:///{out / 'baselines.db'}"
-    if "tpe-full" in optuna.get_all_study_names(storage):
-        optuna.delete_study(study_name="tpe-full", storage=storage)
-    allowance = json.loads((out / "allowance.json").read_text())
-    init_ray(None)
-    try:
-        train_baseline(plan, out, SearchSpace.load(ROOT / "search_spaces" / "lm.yaml"), "c",
-                       int(meta["sampler_seed"]), target_loss,
-                       a.cost_to(target_loss)[0] or a.total, allowance)
-    finally:
-        import ray
 
-        ray.shutdown()
-    atomic_write_text(out / "run.json", json.dumps({**meta, "own_c": True}))
-    args.report_from = [out]
-    report_from(args, plan)
+    def train(space: SearchSpace, target_loss: float, cost_a: float) -> None:
+        if not (out / "baselines-reused.db").exists():
+            shutil.copyfile(out / "baselines.db", out / "baselines-reused.db")
+        storage = f"sqlite:///{out / 'baselines.db'}"
+        if "tpe-full" in optuna.get_all_study_names(storage):
+            optuna.delete_study(study_name="tpe-full", storage=storage)
+        allowance = json.loads((out / "allowance.json").read_text())
+        train_baseline(plan, out, space, "c", int(meta["sampler_seed"]), target_loss, cost_a,
+                       allowance)
+        atomic_write_text(out / "run.json", json.dumps({**meta, "own_c": True}))
+
+    _on_finished(args, plan, out, train)
 
 
 def report_from(args: argparse.Namespace, plan: Plan) -> None:
