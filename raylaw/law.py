@@ -56,6 +56,11 @@ class Optimum:
     # hyperparameters whose best trial sat on the space's hard bound, so the optimum may lie
     # beyond it: "upper" (the optimum is at most the value) or "lower" (at least the value)
     censored: dict[str, str] = field(default_factory=dict)
+    # the metric's relative noise sd estimated from this scale's trials (None: not estimated)
+    noise: float | None = None
+    # third derivatives of the relative gap at the optimum (the bowl's lopsidedness), over the
+    # keys of ``values``; None when not estimated
+    skew: dict[str, dict[str, dict[str, float]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -67,6 +72,10 @@ class Optimum:
             d["curvature"] = self.curvature
         if self.censored:
             d["censored"] = dict(self.censored)
+        if self.noise is not None:
+            d["noise"] = self.noise
+        if self.skew is not None:
+            d["skew"] = self.skew
         return d
 
     def hessian(self, names: list[str]) -> np.ndarray | None:
@@ -91,6 +100,13 @@ class Optimum:
                 curv = {str(a): {str(b): _finite(v, f"{where}.curvature.{a}.{b}")
                                  for b, v in row.items()} for a, row in curv.items()}
             censored = {str(k): str(v) for k, v in (d.get("censored") or {}).items()}
+            noise = d.get("noise")
+            noise = None if noise is None else _nonneg(noise, f"{where}.noise")
+            skew = d.get("skew")
+            if skew is not None:
+                skew = {str(a): {str(b): {str(c): _finite(v, f"{where}.skew.{a}.{b}.{c}")
+                                          for c, v in r2.items()} for b, r2 in r1.items()}
+                        for a, r1 in skew.items()}
         except (KeyError, AttributeError, TypeError) as e:
             raise RaylawError(f"{where}: expected scale, values and sigmas mappings ({e})") from e
         for k, side in censored.items():
@@ -98,7 +114,8 @@ class Optimum:
                 raise RaylawError(f"{where}.censored.{k}: expected 'upper' or 'lower' for one of "
                                   f"the values {list(values)}, got {side!r}")
         return cls(scale, values, sigmas, int(d.get("n_trials", 0)), int(d.get("n_excluded", 0)),
-                   str(d.get("method", "")), str(d.get("source", "")), curv, censored)
+                   str(d.get("method", "")), str(d.get("source", "")), curv, censored, noise,
+                   skew)
 
     def mark(self, name: str) -> str:
         """'<=' / '>=' before a value that is a bound, for tables; '' for a point."""

@@ -1,42 +1,45 @@
-"""Estimate one scale's optimum of the governed hyperparameters from its trials, robustly.
+"""One scale's optimum of the governed hyperparameters, from a model of all its trials.
 
-The loss landscape over log-hyperparameters is a convex bowl with a flat plateau (Step Law),
-so the single best trial is a noisy estimate of the optimum. Where there are enough
-near-optimal trials we fit a cubic surface to them (the bowl is lopsided: steeper towards
-divergence) and take its minimum; with fewer, a quadratic and its vertex; both come with a
-delta-method uncertainty and the bowl's curvature at the optimum, which the law uses to weigh
-misses by the loss they cost. When neither fit is convex we fall back to a weighted centroid of
-the best trials. Diverged and errored trials are excluded and counted; trials stopped early
-are excluded (their metric is at a lower fidelity) and counted. Where the best trial sits on the
-space's hard bound, the optimum may lie beyond it: the estimate is marked as a bound (censored).
+The single best trial is a noisy estimate of the optimum: the metric is noisy and the bowl's
+bottom is flat. ``extract_optimum`` fits the scale's bowl (``raylaw.landscape``) to every
+completed trial, in log coordinates (the law is a power law), and returns its vertex with the
+vertex's uncertainty, the bowl's curvature and the metric's estimated noise. The vertex prior
+is flat here: the optimum is the law's *evidence*, so it must not already contain the law.
+Curvature and noise may come from other scales (``optima_by_scale`` pools them).
+Diverged, errored and early-stopped trials are excluded and counted (a stopped trial's metric
+is at a lower fidelity). Where the vertex lies beyond the space's hard bound, the optimum is
+kept as a bound (censored): the law fits it as "at most" / "at least" that value.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
 from raylaw.errors import RaylawError
+from raylaw.landscape import BowlPrior, fit_bowl
 from raylaw.law import Optimum
 
 STATUSES = ("completed", "stopped", "diverged", "errored")
-THRESHOLDS = (0.005, 0.01, 0.02, 0.04, 0.08)  # relative metric gaps to the best trial
-CUBIC_THRESHOLDS = (0.01, 0.02, 0.04)  # cubic fits, averaged over these neighbourhoods
-CUBIC_WEIGHT = 5.0  # a trial at gap g in neighbourhood t weighs exp(-CUBIC_WEIGHT g / t)
-MIN_SIGMA = 0.02
+MIN_SIGMA = 0.02  # log-space floor of an optimum's sd
+MIN_POOLED = 4  # optima needed to measure how much the bowl's shape varies between scales
+DEFAULT_CURVATURE_SD = 0.7  # relative sd of a pooled curvature from fewer optima
+DEFAULT_SKEW_SD = 0.5  # sd of pooled third derivatives from fewer optima, in the bowl's units
+UNBOUND_SIGMA = 0.5  # log-space sd of an optimum bounded only by the hard range
 
 
 def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
-                    scale: dict[str, float] | None = None, source: str = "") -> Optimum:
+                    scale: dict[str, float] | None = None, source: str = "", *,
+                    shape: Shape | None = None, noise: float | None = None) -> Optimum:
     """One scale's optimum from its trials (columns: hyperparameters, metric, ``status``).
 
-    Rows whose ``status`` is not ``completed`` or whose metric is not finite are excluded; with
-    a single completed trial the others still say where the sweep looked (its uncertainty).
+    Rows whose ``status`` is not ``completed`` or whose metric is not finite are excluded.
+    ``shape`` (the bowl's shape seen at other scales, ``pooled_shape``) and ``noise`` (the
+    metric's relative sd) are priors; without them the trials alone set them.
     """
     df = pd.DataFrame(trials)
     metric = space.metric
@@ -49,6 +52,7 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
     status = df["status"] if "status" in df.columns else pd.Series("completed", index=df.index)
     y = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=float)
     z_all = np.log(df[names].to_numpy(dtype=float))
+    tried = z_all[np.all(np.isfinite(z_all), axis=1)]
     ok = (status.to_numpy() == "completed") & np.isfinite(y) & np.all(np.isfinite(z_all), axis=1)
     n_excluded = int((~ok).sum())
     y, z = y[ok], z_all[ok]
@@ -57,34 +61,77 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
                           f"({n_excluded} excluded)")
     if space.mode == "max":
         y = -y
-    varying = [j for j in range(len(names)) if len(y) == 1 or np.ptp(z[:, j]) > 0]
-    zv = z[:, varying]
-    tried = z_all[np.all(np.isfinite(z_all), axis=1)][:, varying]
-    center, sigma, method, hess = _estimate(zv, y, tried)
-    values, sigmas = {}, {}
-    for k, j in enumerate(varying):
-        values[names[j]] = float(math.exp(center[k]))
-        sigmas[names[j]] = float(sigma[k])
+    varying = [j for j in range(len(names)) if np.ptp(z[:, j]) > 0]
+    values, sigmas, censored = {}, {}, {}
+    best = z[int(np.argmin(y))]
+    curv_out, skew_out, method, noise_out = None, None, "single", None
+    if varying:
+        vn = [names[j] for j in varying]
+        low = np.array([_log_bound(space, n, "low") for n in vn])
+        high = np.array([_log_bound(space, n, "high") for n in vn])
+        prior = shape.prior(vn) if shape is not None else BowlPrior()
+        bowl = fit_bowl(z[:, varying], y, low, high, replace(prior, noise=noise))
+        sd = np.maximum(bowl.sd, MIN_SIGMA)
+        for k, name in enumerate(vn):
+            values[name] = float(math.exp(bowl.center[k]))
+            sigmas[name] = float(sd[k])
+            side = ("upper" if bowl.unclipped[k] < low[k] else
+                    "lower" if bowl.unclipped[k] > high[k] else None)
+            if side and side == _bound_side(space, name, best[varying[k]]):
+                censored[name] = side  # the vertex is past the bound the best trial is on
+        if bowl.curvature is not None:
+            curv_out = {a: {b: float(bowl.curvature[i, k]) for k, b in enumerate(vn)}
+                        for i, a in enumerate(vn)}
+        skew_out = {a: {b: {c: float(bowl.skew[i, k, m]) for m, c in enumerate(vn)}
+                        for k, b in enumerate(vn)} for i, a in enumerate(vn)}
+        method, noise_out = "bowl", bowl.noise
+    for j in set(range(len(names))) - set(varying):
+        # no completed trial moved it: a lone trial locates nothing by itself (under ASHA
+        # often the first one, which always runs to the end), so its value is as uncertain as
+        # the sweep was wide; on the space's bound it is a bound (ASHA stopped the others)
+        side = _bound_side(space, names[j], best[j])
+        spread = float(tried[:, j].std()) if len(tried) else 0.0
+        if len(y) == 1 or (side and spread > 0):
+            values[names[j]] = float(math.exp(best[j]))
+            sigmas[names[j]] = max(UNBOUND_SIGMA, spread)
+            if side and spread > 0:
+                censored[names[j]] = side
     if not values:
         raise RaylawError(f"at scale {scale} every trial has the same {names}: nothing to "
                           "locate an optimum from")
-    curvature = None if hess is None else {
-        names[a]: {names[b]: float(hess[i, k]) for k, b in enumerate(varying)}
-        for i, a in enumerate(varying)}
-    best = z[int(np.argmin(y))]
-    censored = {n: side for n, v in zip(names, best) if n in values
-                and (side := _bound_side(space, n, v))}
-    everyone = z_all[np.all(np.isfinite(z_all), axis=1)]
-    for j in set(range(len(names))) - set(varying):
-        # every completed trial has one value, but the sweep tried others (ASHA stopped them):
-        # on the space's bound that value bounds the optimum; elsewhere it locates nothing
-        side = _bound_side(space, names[j], best[j])
-        if side and np.ptp(everyone[:, j]) > 0:
-            values[names[j]] = float(math.exp(best[j]))
-            sigmas[names[j]] = float(max(0.5, everyone[:, j].std()))
-            censored[names[j]] = side
     return Optimum(dict(scale or {}), values, sigmas, int(len(y)), n_excluded, method, source,
-                   curvature, censored)
+                   curv_out, censored, noise_out, skew_out)
+
+
+def _log_bound(space: Any, name: str, which: str) -> float:
+    p = space.governed[name]
+    v = getattr(p, which)
+    if v is None or v <= 0:
+        return -math.inf if which == "low" else math.inf
+    return math.log(v)
+
+
+def _matrix(curvature: dict[str, dict[str, float]] | None, names: list[str]) -> np.ndarray | None:
+    """The curvature over ``names`` as a positive definite matrix, or None."""
+    if not curvature or any(a not in curvature or b not in curvature[a]
+                            for a in names for b in names):
+        return None
+    h = np.array([[curvature[a][b] for b in names] for a in names], dtype=float)
+    h = (h + h.T) / 2
+    if not np.all(np.isfinite(h)) or np.any(np.linalg.eigvalsh(h) <= 0):
+        return None
+    return h
+
+
+def _tensor(skew: dict[str, dict[str, dict[str, float]]] | None, names: list[str]
+            ) -> np.ndarray | None:
+    """The third derivatives over ``names`` as a d x d x d array, or None."""
+    try:
+        t = np.array([[[skew[a][b][c] for c in names] for b in names] for a in names],
+                     dtype=float) if skew else None
+    except KeyError:
+        return None
+    return t if t is not None and np.all(np.isfinite(t)) else None
 
 
 def _bound_side(space: Any, name: str, log_value: float) -> str | None:
@@ -100,141 +147,108 @@ def _bound_side(space: Any, name: str, log_value: float) -> str | None:
     return None
 
 
-def _estimate(z: np.ndarray, y: np.ndarray, tried: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
-    """Center, std (log space), method and curvature of the optimum from points z (n x d)
-    with metric y (minimized); ``tried`` (m x d) holds every trial's point, finished or not.
-    The curvature is the Hessian of the relative gap y/y_best - 1."""
-    n, d = z.shape
-    best = int(np.argmin(y))
-    gap = (y - y[best]) / max(abs(y[best]), 1e-12)
-    spacing = np.array([_spacing(z[:, j]) for j in range(d)])
-    floor = np.maximum(spacing / 4, MIN_SIGMA)
-    # cubic: averaged over neighbourhood sizes, each weighted towards its best trials
-    fits = []
-    for thr in CUBIC_THRESHOLDS:
-        sel = gap <= thr
-        if (sel.sum() >= _n_terms(d, 3) + 5
-                and all(len(np.unique(z[sel, j])) >= 4 for j in range(d))):
-            fit = _surface_minimum(z[sel], gap[sel], np.exp(-CUBIC_WEIGHT * gap[sel] / thr), 3)
-            if fit is not None:
-                fits.append((thr, *fit))
-    if fits:
-        v = np.mean([f[1] for f in fits], axis=0)
-        spread = np.std([f[1] for f in fits], axis=0)
-        sd = np.sqrt(np.mean([f[2] for f in fits], axis=0) ** 2 + spread**2)
-        used = ",".join(f"{f[0]:g}" for f in fits)
-        return v, np.maximum(sd, floor), f"cubic@{used}", np.mean([f[3] for f in fits], axis=0)
-    # quadratic: the vertex of the narrowest neighbourhood that gives a convex fit
-    for thr in THRESHOLDS:
-        sel = gap <= thr
-        if sel.sum() < _n_terms(d, 2) + 2 or any(len(np.unique(z[sel, j])) < 3
-                                                 for j in range(d)):
-            continue
-        fit = _surface_minimum(z[sel], gap[sel], np.ones(int(sel.sum())), 2)
-        if fit is not None:
-            return fit[0], np.maximum(fit[1], floor), f"quadratic@{thr:g}", fit[2]
-    # fallback: centroid of the near-best trials, weighted towards the best
-    k = min(n, max(3, 2 * d + 1))
-    idx = np.argsort(y)[:k]
-    w = 1.0 / (1.0 + gap[idx] / max(np.median(gap[idx]), 1e-9))
-    c = (w[:, None] * z[idx]).sum(axis=0) / w.sum()
-    spread = np.sqrt((w[:, None] * (z[idx] - c) ** 2).sum(axis=0) / w.sum())
-    if n == 1:  # locates nothing by itself (under ASHA often the first trial, which always
-        # runs to the end): the optimum is anywhere the sweep looked
-        return z[0], np.maximum(0.5, tried.std(axis=0)), "single", None
-    return c, np.maximum(spread, np.maximum(spacing / 2, MIN_SIGMA)), "centroid", None
+@dataclass(frozen=True)
+class Shape:
+    """The bowl's shape pooled over scales: a prior for the bowl at another scale.
 
-
-def _monomials(x: np.ndarray, degree: int) -> np.ndarray:
-    """All monomials of the columns of x (n x d) up to ``degree``, constant first."""
-    d = x.shape[1]
-    cols = [np.ones(len(x))]
-    for deg in range(1, degree + 1):
-        cols += [np.prod(x[:, list(c)], axis=1)
-                 for c in itertools.combinations_with_replacement(range(d), deg)]
-    return np.column_stack(cols)
-
-
-def _n_terms(d: int, degree: int) -> int:
-    return math.comb(d + degree, degree)
-
-
-def _surface_minimum(z: np.ndarray, y: np.ndarray, w: np.ndarray, degree: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Minimum of a weighted least-squares polynomial surface inside the points' box.
-
-    Returns (minimum, its delta-method std, Hessian there), or None when the minimum is on the
-    box's edge or the surface is not convex there.
+    The median curvature and third derivatives of the optima that estimated them, and how much
+    they vary between scales (relative sd of the curvature, sd of the third derivatives in the
+    bowl's own units): the tighter the scales agree, the more the next scale leans on them.
     """
-    n, d = z.shape
-    mu = z.mean(axis=0)
-    x = z - mu
-    a = _monomials(x, degree)
-    sw = np.sqrt(w)
-    coef, *_ = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)
-    dof = n - a.shape[1]
-    if dof <= 0:
+
+    curvature: dict[str, dict[str, float]]
+    skew: dict[str, dict[str, dict[str, float]]] | None
+    curvature_sd: float
+    skew_sd: float
+
+    def prior(self, names: list[str]) -> BowlPrior:
+        """The shape over ``names`` as a bowl prior (empty where it does not cover them)."""
+        h = _matrix(self.curvature, names)
+        if h is None:
+            return BowlPrior()
+        return BowlPrior(curvature=h, skew=_tensor(self.skew, names),
+                         curvature_sd=self.curvature_sd, skew_sd=self.skew_sd)
+
+
+def pooled_shape(optima: list[Optimum]) -> Shape | None:
+    """The typical bowl shape over the optima that estimated one, and its spread."""
+    curved = [o for o in optima if o.curvature]
+    if not curved:
         return None
-    resid = y - a @ coef
-    s2 = float(w @ resid**2) / dof
-    cov = s2 * np.linalg.pinv((a.T * w) @ a)
-    lo, hi = x.min(axis=0), x.max(axis=0)
-    eps = 1e-4
-
-    def value(p: np.ndarray) -> float:
-        return float(_monomials(p[None, :], degree)[0] @ coef)
-
-    def grads(p: np.ndarray) -> np.ndarray:
-        """d x terms: the gradient of every monomial at p (central differences)."""
-        e = np.eye(d) * eps
-        return np.array([(_monomials((p + e[i])[None, :], degree)[0]
-                          - _monomials((p - e[i])[None, :], degree)[0]) / (2 * eps)
-                         for i in range(d)])
-
-    if degree == 2:  # closed form: solve grad = 0 from the constant-free part
-        g0 = grads(np.zeros(d)) @ coef
-        h = (np.array([grads(np.eye(d)[i]) @ coef for i in range(d)]) - g0).T
-        h = (h + h.T) / 2
-        if np.any(np.linalg.eigvalsh(h) <= 0):
-            return None
-        p = -np.linalg.solve(h, g0)
-        margin = 0.25 * (hi - lo)
-        if np.any(p < lo - margin) or np.any(p > hi + margin):
-            return None
-    else:
-        start = x[int(np.argmin(a @ coef))]
-        res = optimize.minimize(value, start, method="L-BFGS-B", bounds=list(zip(lo, hi)))
-        p = res.x
-        if np.any(p <= lo + 1e-6 * (hi - lo)) or np.any(p >= hi - 1e-6 * (hi - lo)):
-            return None
-        h = np.array([(grads(p + np.eye(d)[i] * eps) - grads(p - np.eye(d)[i] * eps)) @ coef
-                      / (2 * eps) for i in range(d)])
-        h = (h + h.T) / 2
-        if np.any(np.linalg.eigvalsh(h) <= 0):
-            return None
-    # implicit function theorem: grad f(p; coef) = 0  =>  dp/dcoef = -H^-1 d(grad f)/dcoef
-    jac = -np.linalg.solve(h, grads(p))
-    sd = np.sqrt(np.maximum(np.diag(jac @ cov @ jac.T), 0.0))
-    return p + mu, sd, h
+    names = sorted(set.intersection(*(set(o.curvature) for o in curved)))
+    mats = [m for o in curved if (m := _matrix(o.curvature, names)) is not None]
+    if not names or not mats:
+        return None
+    h = np.median(mats, axis=0)
+    if np.any(np.linalg.eigvalsh(h) <= 0):
+        return None
+    curvature = {a: {b: float(h[i, k]) for k, b in enumerate(names)} for i, a in enumerate(names)}
+    diag = np.log([np.diag(m) for m in mats])
+    curvature_sd = _robust_sd(diag) if len(mats) >= MIN_POOLED else DEFAULT_CURVATURE_SD
+    tensors = [t for o in curved if (t := _tensor(o.skew, names)) is not None]
+    skew, skew_sd = None, DEFAULT_SKEW_SD
+    if tensors:
+        t = np.median(tensors, axis=0)
+        skew = {a: {b: {c: float(t[i, k, m]) for m, c in enumerate(names)}
+                    for k, b in enumerate(names)} for i, a in enumerate(names)}
+        if len(tensors) >= MIN_POOLED:  # in the bowl's units: third derivative * width^3
+            width = 1 / np.sqrt(np.diag(h))
+            unit = width[:, None, None] * width[None, :, None] * width[None, None, :]
+            skew_sd = _robust_sd(np.array(tensors).reshape(len(tensors), -1)
+                                 * unit.reshape(-1))
+    return Shape(curvature, skew, float(np.clip(curvature_sd, 0.15, 1.0)),
+                 float(np.clip(skew_sd, 0.1, 1.0)))
 
 
-def _spacing(col: np.ndarray) -> float:
-    """Median gap between distinct sorted values: the grid's resolution in that dimension."""
-    u = np.unique(col)
-    return float(np.median(np.diff(u))) if len(u) > 1 else 0.0
+def _robust_sd(x: np.ndarray) -> float:
+    """Median over columns of each column's spread between rows (1.4826 MAD)."""
+    mad = np.median(np.abs(x - np.median(x, axis=0)), axis=0)
+    return float(np.median(1.4826 * mad))
+
+
+def pooled_noise(optima: list[Optimum]) -> float | None:
+    """The typical relative noise of the metric over the optima that estimated it (median)."""
+    vals = [o.noise for o in optima if o.noise is not None and o.noise > 0]
+    return float(np.median(vals)) if vals else None
 
 
 def optima_by_scale(df: pd.DataFrame, space: Any, source: str = "") -> list[Optimum]:
-    """Group trials by the space's scale variables and extract each scale's optimum."""
+    """Group trials by the space's scale variables and extract each scale's optimum.
+
+    The bowl's shape (curvature, lopsidedness) and the metric's noise are shared across scales:
+    a first pass fits each scale alone, a second refits each with the pooled ones as priors.
+    """
     keys = list(space.scale)
     missing = [k for k in keys if k not in df.columns]
     if missing:
         raise RaylawError(f"no column '{missing[0]}' for scale variable '{missing[0]}' "
                           f"(columns: {list(df.columns)}; use --rename COLUMN={missing[0]})")
-    out = []
+    groups = []
     for vals, group in df.groupby(keys, sort=True):
         vals = vals if isinstance(vals, tuple) else (vals,)
-        scale = {k: float(v) for k, v in zip(keys, vals)}
-        out.append(extract_optimum(group, space, scale, source))
-    return out
+        groups.append(({k: float(v) for k, v in zip(keys, vals)}, group))
+    return optima_pooled(groups, space, source, noise=getattr(space, "noise", None))
+
+
+def optima_pooled(groups: list[tuple[dict[str, float], pd.DataFrame]], space: Any,
+                  source: str = "", noise: float | None = None,
+                  skip_empty: bool = False) -> list[Optimum]:
+    """``extract_optimum`` for each (scale, trials) group, curvature and noise pooled.
+
+    ``noise`` (declared) replaces the pooled estimate; with ``skip_empty``, a group with no
+    completed trial is left out instead of being an error.
+    """
+    first, kept = [], []
+    for scale, trials in groups:
+        try:
+            first.append(extract_optimum(trials, space, scale, source, noise=noise))
+        except RaylawError:
+            if not skip_empty:
+                raise
+            continue
+        kept.append((scale, trials))
+    shape = pooled_shape(first)
+    shared = noise if noise is not None else pooled_noise(first)
+    if shape is None and shared is None:
+        return first
+    return [extract_optimum(g, space, s, source, shape=shape, noise=shared) for s, g in kept]

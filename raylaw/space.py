@@ -20,7 +20,7 @@ from raylaw.errors import RaylawError
 
 RESERVED = {"scale"}
 TOP_FIELDS = {"name", "metric", "mode", "scale", "governed", "free", "fidelity", "budget",
-              "trainable", "description"}
+              "trainable", "noise", "description"}
 PARAM_FIELDS = {"type", "low", "high", "log", "choices", "depends_on", "units", "seq_len",
                 "role", "description"}
 
@@ -85,6 +85,7 @@ class SearchSpace:
     budget: str | None = None
     trainable: str | None = None
     path: str | None = None
+    noise: float | None = None  # the metric's relative sd from run to run, if measured
 
     @property
     def params(self) -> dict[str, Param]:
@@ -141,8 +142,18 @@ class SearchSpace:
         trainable = d.get("trainable")
         if trainable is not None and (not isinstance(trainable, str) or ":" not in trainable):
             raise RaylawError(f"{where}: field 'trainable' must be 'module:function'")
+        noise = d.get("noise")
+        if noise is not None:
+            try:
+                noise = float(noise)
+            except (TypeError, ValueError):
+                noise = math.nan
+            if isinstance(d["noise"], bool) or not 0 < noise < 1:
+                raise RaylawError(f"{where}: field 'noise' must be the metric's relative sd from "
+                                  f"run to run, a number in (0, 1) such as 0.006, got "
+                                  f"{d['noise']!r}")
         return cls(name, metric, mode, scale, governed, free, fidelity, budget, trainable,
-                   None if where == "space" else where)
+                   None if where == "space" else where, noise)
 
     def fix(self, values: dict[str, Any]) -> SearchSpace:
         """A copy without the free hyperparameters named in ``values`` (held at those values).

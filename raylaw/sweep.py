@@ -24,12 +24,19 @@ from optuna.trial import TrialState
 from raylaw.errors import RaylawError
 from raylaw.history import save_version
 from raylaw.law import Optimum, Prediction, ScalingLaw, Term
-from raylaw.optimum import extract_optimum
 from raylaw.optuna import LAW_CENTER_ATTR, LawSampler, optima_from_studies, trials_frame
 from raylaw.space import SearchSpace
-from raylaw.store import DEFAULT_STORE, STATE_ATTR, create_sweep, open_store, sweep_studies
+from raylaw.store import (
+    DEFAULT_STORE,
+    STATE_ATTR,
+    create_sweep,
+    open_store,
+    scale_key,
+    sweep_studies,
+)
 
 DEFAULT_TRAINABLE = "raylaw.trainables.lm:train"
+RECOMMENDED_ATTR = "recommended"  # study user attribute: the sweep's answer
 GRACE_FRACTION = 1 / 9  # ASHA's first rung, as a share of the budget
 REDUCTION_FACTOR = 3  # ASHA promotes 1 in this many trials per rung
 
@@ -77,6 +84,8 @@ class SweepResult:
     tokens_full: float
     resumed: bool = False
     center_value: float | None = None  # the metric the law's own prediction reached
+    # the sweep's answer: the model's optimum with intervals (``LawSampler.recommendation``)
+    recommended: dict[str, Any] | None = None
 
 
 def load_trainable(spec: str) -> Callable[[dict], Any]:
@@ -216,7 +225,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     if statuses == {"errored"}:  # recorded in the store, but nothing to learn from
         raise RaylawError(f"every trial of sweep {study.study_name} errored (--trainable "
                           f"{spec}; see the trial errors above)")
-    return _refit(cfg, space, scale, law, storage, study, prediction, resumed)
+    return _refit(cfg, space, scale, law, storage, study, prediction, resumed, sampler)
 
 
 def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search: Any,
@@ -249,14 +258,11 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
 
 def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: ScalingLaw,
            storage: Any, study: optuna.Study, prediction: dict[str, Prediction],
-           resumed: bool) -> SweepResult:
-    """This scale's optimum, then the law refitted from every sweep of the space in the store."""
+           resumed: bool, sampler: LawSampler) -> SweepResult:
+    """The sweep's answer (stored as study attribute ``recommended``), this scale's optimum,
+    then the law refitted from every sweep of the space in the store."""
     df = trials_frame(study)
     counts = df["status"].value_counts().to_dict() if not df.empty else {}
-    optimum = None
-    if not df.empty and (df["status"] == "completed").any():
-        optimum = extract_optimum(df.rename(columns={"value": space.metric}), space, scale,
-                                  source=f"sweep {study.study_name}")
     budget = scale.get(space.budget) if space.budget else None
     tokens = float(df["spent"].fillna(0).sum()) if not df.empty else 0.0
     full = float(len(df) * budget) if budget else 0.0
@@ -267,9 +273,16 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
         best_value = best.value
         best_params = {**best.params, **study.user_attrs.get("fixed", {})}
     center = [t.value for t in completed if t.user_attrs.get(LAW_CENTER_ATTR)]
+    recommended = None
+    if completed:
+        recommended = sampler.recommendation(study)
+        recommended["params"] = {**recommended["params"], **study.user_attrs.get("fixed", {})}
+        study.set_user_attr(RECOMMENDED_ATTR, recommended)
     after, version = None, None
     evidence = optima_from_studies(storage, space, [s.study_name for s in sweep_studies(
         storage, space.name)])
+    # this scale's optimum as the law sees it (pooled with earlier sweeps at this scale)
+    optimum = next((o for o in evidence if scale_key(o.scale) == scale_key(scale)), None)
     if evidence:
         store_tag = f"store {cfg.store}"
         kept = [o for o in law.optima if o.source != store_tag]  # replaced by the store's
@@ -285,7 +298,7 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
             version = save_version(after, cfg.law_path, note=f"after sweep {study.study_name}")
     return SweepResult(study.study_name, counts, prediction, optimum, best_value, best_params,
                        law, after, version, tokens, full, resumed,
-                       center[0] if center else None)
+                       center[0] if center else None, recommended)
 
 
 def _fresh_term(term: Term) -> Term:
@@ -355,6 +368,14 @@ def format_summary(r: SweepResult) -> str:
             f"{k}={_fmt(v)}" for k, v in r.best_params.items()))
     if r.center_value is not None:
         lines.append(f"law's prediction, trained to full length: {r.center_value:.5g}")
+    if r.recommended is not None:
+        rec = r.recommended
+        parts = [f"{k}={_fmt(v)}" + (f" [{rec['low'][k]:.3g}, {rec['high'][k]:.3g}]"
+                                     if k in rec["low"] else "")
+                 for k, v in rec["params"].items()]
+        noise = f"; metric noise ~{rec['noise']:.2%}" if rec.get("noise") is not None else ""
+        lines.append("answer (the model's optimum, " f"{rec['coverage']:.0%} intervals): "
+                     + ", ".join(parts) + noise)
     if r.optimum is not None:
         lines.append(f"{'hp':<14}{'predicted':>11}{'interval':>24}{'found':>11}"
                      f"{'log err':>9}  inside")

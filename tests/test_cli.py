@@ -40,7 +40,7 @@ def test_fit_predict_show_plot_end_to_end(law_path, tmp_path):
     assert len(law["optima"]) == 17 and law["provenance"]["prior"] == "none"
     r = subprocess.run([sys.executable, "-m", "raylaw.tune", "show", str(law_path)],
                        capture_output=True, text=True, cwd=ROOT, check=True)
-    assert "b_N" in r.stdout and "scatter" in r.stdout and "cubic" in r.stdout
+    assert "b_N" in r.stdout and "scatter" in r.stdout and "bowl" in r.stdout
     png = tmp_path / "law.png"
     assert main(["plot", str(law_path), "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +188,41 @@ def test_json_round_trip(tmp_path):
     for k in a:
         assert b[k].center == pytest.approx(a[k].center, rel=1e-9)
         assert b[k].high == pytest.approx(a[k].high, rel=1e-9)
+
+
+def test_law_files_of_format_version_1_still_load_and_predict_the_same():
+    """A law written by raylaw before noise-aware optima (tests/data/law_v1.json, from the
+    Step Law data with the published prior) predicts what it predicted then."""
+    law = ScalingLaw.load(Path(__file__).parent / "data" / "law_v1.json")
+    pinned = {
+        (1e9, 2e10): {"lr": (0.0010896667262504504, 0.0009432070006304094,
+                             0.0012588684917560697),
+                      "bs": (206.22089201973938, 155.19199630574496, 274.02866976228677)},
+        (3e8, 1e11): {"lr": (0.0036869006975923223, 0.0031661265376371783,
+                             0.004293333381441897),
+                      "bs": (530.0054797980619, 391.42098081200345, 717.6564936126692)},
+    }
+    for (n, d), want in pinned.items():
+        got = law.predict({"N": n, "D": d})
+        for name, (center, low, high) in want.items():
+            assert (got[name].center, got[name].low, got[name].high) == pytest.approx(
+                (center, low, high), rel=1e-6)
+
+
+def test_noise_and_skew_of_optima_survive_the_law_file(tmp_path):
+    optima = [dataclasses.replace(o, noise=0.004, curvature={"lr": {"lr": 0.02, "bs": -0.005},
+                                                             "bs": {"lr": -0.005, "bs": 0.015}},
+                                  skew={"lr": {"lr": {"lr": 0.01}}})
+              for o in synthetic_optima(5, 0.1)]
+    law = ScalingLaw.for_space(SPACE, prior="steplaw").fit(optima)
+    law.save(tmp_path / "law.json")
+    back = ScalingLaw.load(tmp_path / "law.json")
+    assert back.optima[0].noise == 0.004 and back.optima[0].skew == {"lr": {"lr": {"lr": 0.01}}}
+    d = json.loads((tmp_path / "law.json").read_text())
+    d["optima"][0]["noise"] = -1
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(RaylawError, match=r"optima\[0\].noise"):
+        ScalingLaw.load(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize("edit, message", [

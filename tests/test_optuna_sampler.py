@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -39,6 +41,10 @@ def true_bs(d: float) -> float:
     return 0.05 * d**0.5
 
 
+# the bowl of ``objective`` (relative gap over log lr, log bs), as the law's sweeps saw it
+SHAPE = {"lr": {"lr": 0.05, "bs": 0.0}, "bs": {"lr": 0.0, "bs": 0.02}}
+
+
 def fitted_law() -> ScalingLaw:
     obs = []
     for i, n in enumerate((1e6, 3e6, 1e7, 3e7, 1e8)):
@@ -47,7 +53,7 @@ def fitted_law() -> ScalingLaw:
             wiggle = 1 + 0.05 * ((i + k) % 3 - 1)
             obs.append(Optimum({"N": n, "D": d}, {"lr": true_lr(n, d) * wiggle,
                                                   "bs": true_bs(d) / wiggle},
-                               {"lr": 0.05, "bs": 0.05}))
+                               {"lr": 0.05, "bs": 0.05}, curvature=SHAPE))
     return ScalingLaw.for_space(SPACE, prior=None).fit(obs)
 
 
@@ -74,7 +80,8 @@ def test_first_trial_is_the_law_center_and_search_stays_near_it():
     assert first["bs"] == round(pred["bs"].center)
     lrs = [t.params["lr"] for t in study.trials]
     inside = sum(pred["lr"].low * 0.7 <= v <= pred["lr"].high * 1.4 for v in lrs)
-    assert inside >= 10  # concentrated on the law's interval, not the 5 decades declared
+    # concentrated on the law's interval (6% of the 5 declared decades), with a look elsewhere
+    assert inside >= 8
     assert study.best_value - 2.0 < 0.002
 
 
@@ -102,37 +109,46 @@ def test_wrong_law_still_converges_inside_hard_bounds():
     assert all(1e-5 <= t.params["lr"] <= 1.0 for t in study.trials)
 
 
-def test_an_integer_interval_inside_one_value_is_that_value():
-    """A law sure of bs < 1.5 (the floor is 1) tries bs 1 alone, not 1 and 2."""
+def test_a_law_sure_of_the_floor_keeps_trials_on_it():
+    """A law sure of bs < 1.5 (the floor is 1), and right: Thompson draws land on bs 1, while
+    lr is still searched."""
     law = fitted_law()
     law.terms["bs"].means[:, 0] += math.log(0.6 / LAW.predict(TARGET)["bs"].center)
-    sampler = LawSampler(law, SPACE, TARGET, seed=0)
+    sampler = LawSampler(law, SPACE, TARGET, seed=0, explore_every=None)
     assert sampler.predictions["bs"].high < 1.5
+
+    def floor_best(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", 1e-5, 1.0, log=True)
+        bs = trial.suggest_int("bs", 1, 4096, log=True)
+        return 2.0 + 0.05 * math.log(lr / true_lr(**TARGET)) ** 2 + 0.02 * math.log(bs / 0.6) ** 2
+
     study = optuna.create_study(sampler=sampler)
-    study.optimize(objective, n_trials=10)
-    assert {t.params["bs"] for t in study.trials} == {1}
-    assert len({t.params["lr"] for t in study.trials}) == 10  # the others are still searched
+    study.optimize(floor_best, n_trials=10)
+    assert sum(t.params["bs"] == 1 for t in study.trials) >= 7
+    assert len({t.params["lr"] for t in study.trials}) == 10
 
 
-def test_startup_draws_past_a_hard_bound_land_on_it():
-    """The law's predictive mass beyond the objective's own floor goes to the floor (the best
-    value there), not redrawn inside: with the floor at the law's center, about half of it."""
-    sampler = LawSampler(LAW, SPACE, TARGET, seed=0, n_startup_trials=41, patience=100)
+def test_draws_past_a_hard_bound_land_on_it():
+    """The posterior's mass beyond the objective's own floor goes to the floor (the best value
+    there), not redrawn inside: with the floor at the law's center, often."""
+    sampler = LawSampler(LAW, SPACE, TARGET, seed=0, explore_every=None)
     pred = sampler.predictions["lr"]
 
     def floored(trial: optuna.Trial) -> float:
-        return objective_at(trial, trial.suggest_float("lr", pred.center, 1.0, log=True))
-
-    def objective_at(trial: optuna.Trial, lr: float) -> float:
+        lr = trial.suggest_float("lr", pred.center, 1.0, log=True)
         bs = trial.suggest_int("bs", 1, 4096, log=True)
-        return 2.0 + 0.05 * math.log(lr / pred.center) ** 2 + 1e-6 * bs
+        return (2.0 + 0.05 * math.log(lr / pred.center) ** 2
+                + 0.02 * math.log(bs / true_bs(TARGET["D"])) ** 2)
 
     study = optuna.create_study(sampler=sampler)
-    study.optimize(floored, n_trials=41)
+    study.optimize(floored, n_trials=24)
     draws = [t.params["lr"] for t in study.trials[1:]]  # the first is the center itself
     at_floor = sum(v == pytest.approx(pred.center, rel=1e-12) for v in draws)
-    assert 10 <= at_floor <= 30, at_floor
-    assert all(pred.center <= v <= pred.high * 1.0001 for v in draws)
+    assert at_floor >= 8, at_floor
+    assert all(v >= pred.center for v in draws)
+    assert sum(v <= pred.high * 1.5 for v in draws) >= 0.8 * len(draws)
+    rec = sampler.recommend(study)
+    assert rec["lr"] == pytest.approx(pred.center, rel=0.05)
 
 
 def test_objectives_own_distributions_are_respected():
@@ -224,22 +240,93 @@ def test_two_processes_share_an_rdb_storage(tmp_path):
     assert study.best_value - 2.0 < 0.01
 
 
-def test_pruned_trials_do_not_widen_the_window():
-    """Patience counts completed trials only: under ASHA most trials are pruned early."""
-    sampler = LawSampler(LAW, SPACE, TARGET, seed=0, patience=12)
+def test_pruned_trials_are_not_evidence():
+    """A trial stopped early has no final metric: the posterior ignores it, however bad its
+    curve was (under ASHA most trials are pruned)."""
+    sampler = LawSampler(LAW, SPACE, TARGET, seed=0)
+    dists = SPACE.optuna_distributions()
+    pred = LAW.predict(TARGET)
     study = optuna.create_study(sampler=sampler)
-    pred = sampler.predictions["lr"]  # the interval for an observed (noisy) optimum
-    dists = SPACE.optuna_distributions()  # the hard ranges, as objective() declares them
-    center = {"lr": pred.center, "bs": 64, "wd": 0.1}
-    study.add_trial(optuna.trial.create_trial(params=center, distributions=dists, value=2.0))
-    for _ in range(12):  # worse trials stopped early, inside the law's interval
+    for k, f in enumerate((0.7, 1.0, 1.4, 1.0, 0.8)):
+        params = {"lr": pred["lr"].center * f, "bs": 64 + k, "wd": 0.1}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                  value=2.0 + 0.05 * math.log(f) ** 2))
+    before = sampler.posterior(study)[1].center
+    for _ in range(12):
         study.add_trial(optuna.trial.create_trial(
-            params=center, distributions=dists, state=TrialState.PRUNED,
-            intermediate_values={1: 3.0}))
-    ask = study.ask()
-    window = sampler._window(study, ask, "lr", dists["lr"])
-    assert window.low == pytest.approx(pred.low) and window.high == pytest.approx(pred.high)
-    for _ in range(12):  # a dozen completed trials that did not beat the best: look wider
-        study.add_trial(optuna.trial.create_trial(params=center, distributions=dists, value=2.5))
-    wide = sampler._window(study, ask, "lr", dists["lr"])
-    assert wide.low < pred.low * 0.9 and wide.high > pred.high * 1.1  # by its span each side
+            params={"lr": pred["lr"].center * 3, "bs": 64, "wd": 0.1}, distributions=dists,
+            state=TrialState.PRUNED, intermediate_values={1: 1.0}))
+    assert sampler.posterior(study)[1].center == pytest.approx(before)
+
+
+def noisy_objective(sigma: float, seed: int):
+    """``objective`` times (1 + e), e ~ N(0, sigma^2): the noise real training has."""
+    rng = np.random.default_rng(seed)
+
+    def f(trial: optuna.Trial) -> float:
+        return objective(trial) * (1 + sigma * rng.standard_normal())
+
+    return f
+
+
+def clean_loss(params: dict) -> float:
+    u = math.log(params["lr"] / true_lr(**TARGET))
+    v = math.log(params["bs"] / true_bs(TARGET["D"]))
+    return 2.0 + 0.05 * u * u + 0.02 * v * v
+
+
+def test_recommend_beats_the_luckiest_trial_under_noise():
+    """Under 0.5% noise the best observed trial is mostly luck; the model's answer is closer
+    to the true optimum (scored on the noiseless objective), seed after seed."""
+    rec_regret, best_regret = [], []
+    for seed in range(6):
+        sampler = LawSampler(LAW, SPACE, TARGET, seed=seed)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(noisy_objective(0.005, seed), n_trials=16)
+        rec = sampler.recommend(study)
+        assert set(rec) == {"lr", "bs", "wd"}
+        assert rec["wd"] == study.best_params["wd"]  # free ones: from the best trial
+        rec_regret.append(clean_loss(rec) - 2.0)
+        best_regret.append(clean_loss(study.best_params) - 2.0)
+    assert np.mean(rec_regret) < np.mean(best_regret)
+    assert np.median(rec_regret) < 0.002
+
+
+def test_recommendation_has_intervals_and_the_noise():
+    sampler = LawSampler(LAW, SPACE, TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(noisy_objective(0.003, 0), n_trials=24)
+    rec = sampler.recommendation(study)
+    json.dumps(rec)  # stored as a study attribute by sweeps
+    for name in ("lr", "bs"):
+        assert rec["low"][name] <= rec["params"][name] <= rec["high"][name]
+    assert 0.001 < rec["noise"] < 0.01  # 0.3% relative noise on a loss of ~2, estimated
+    assert rec["coverage"] == 0.9
+
+
+def test_recommend_does_not_change_the_proposals():
+    """Proposals depend on the seed and the trials only: asking for the answer between trials
+    (as a dashboard or a sweep would) leaves them as they were."""
+    def run(peek: bool) -> list[dict]:
+        sampler = LawSampler(LAW, SPACE, TARGET, seed=5)
+        study = optuna.create_study(sampler=sampler)
+        for _ in range(8):
+            t = study.ask()
+            study.tell(t, objective(t))
+            if peek:
+                sampler.recommend(study)
+        return [t.params for t in study.trials]
+
+    assert run(True) == run(False)
+
+
+def test_a_wrong_law_is_doubted_and_overruled():
+    wrong = fitted_law()
+    for term in wrong.terms.values():
+        term.means[:, 0] += math.log(8.0)  # the law's center is 8x too high
+    sampler = LawSampler(wrong, SPACE, TARGET, seed=2)
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(noisy_objective(0.001, 2), n_trials=40)
+    assert sampler.posterior(study)[1].doubt > 0.5
+    rec = sampler.recommend(study)
+    assert abs(math.log(rec["lr"] / true_lr(**TARGET))) < 0.5

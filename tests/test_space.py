@@ -32,6 +32,7 @@ def test_shipped_spaces_parse():
     lm = SearchSpace.load(LM_SPACE)
     assert set(lm.governed) == {"lr", "batch_size"} and set(lm.free) == {"weight_decay", "warmup"}
     assert lm.fidelity == "tokens" and lm.budget == "D"
+    assert lm.noise == pytest.approx(0.006)  # measured by bench/lm_noise.py
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -47,6 +48,8 @@ def test_shipped_spaces_parse():
     (lambda d: d["free"]["wd"].update(spread=3), "free.wd: unknown field 'spread'"),
     (lambda d: d["free"].update(N={"low": 1, "high": 2}), "name 'N' is used twice"),
     (lambda d: d.update(governed={}), "field 'governed'"),
+    (lambda d: d.update(noise=1.5), "field 'noise' must be the metric's relative sd"),
+    (lambda d: d.update(noise="lots"), "field 'noise'"),
 ])
 def test_malformed_space_names_file_and_field(tmp_path, edit, field):
     data = yaml.safe_load(yaml.safe_dump(BASE))

@@ -116,7 +116,7 @@ def test_asha_never_stops_the_laws_prediction(ray_local, tmp_path):
     law = ScalingLaw.for_space(space, prior="steplaw")  # what a sweep with no --law file uses
     center = LawSampler(law, space, scale).predictions["lr"].center
     assert main(sweep_args(tmp_path, "--config", f"worst_lr={center!r}", "--config", "sleep=0.05",
-                           samples=6, trainable="tests.synthetic:worst_center")) == 0
+                           samples=9, trainable="tests.synthetic:worst_center")) == 0
     ts = trials(tmp_path)
     kept = [t for t in ts if t.user_attrs.get("law_center")]
     assert len(kept) == 1 and kept[0].params["lr"] == pytest.approx(center, rel=1e-9)

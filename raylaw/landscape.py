@@ -1,0 +1,494 @@
+"""The metric's landscape at one scale: a Bayesian bowl over the governed hyperparameters.
+
+Real training metrics are noisy (0.5-1% from run to run) and the optimum sits on a flat
+plateau, so the single best trial says little about where the optimum is. raylaw models all
+usable trials of a scale at once. In log coordinates x, the metric relative to the best trial
+is a cubic bowl (lopsided: steeper towards divergence),
+
+    y / y_best = c + b.x + 1/2 x'Ax + cubic(x) + level offsets + noise,
+
+with Gaussian priors: the vertex near a law's prediction (mixed with a broad prior over the
+box, so trials can overrule a wrong law; ``Bowl.doubt`` is the posterior weight of that), the
+curvature and lopsidedness near those seen at other scales, and, where the trials form a grid,
+an offset per shared value (runs with the same batch size see the same last batches, so their
+final training losses move together). The noise sd is unknown: it is integrated over a grid
+(with a declared value as its prior). A bowl holds only near its vertex, so each trial's
+variance grows with its gap above the best trial (noise^2 + (misfit * gap)^2, misfit also on a
+grid); a trial more than OFF_GAP above the best (divergence) counts as a bound the bowl must
+clear, and outliers are shrunk to ROBUST_CUT sds. Every grid point's posterior is conjugate;
+draws of the vertex give the optimum's uncertainty and Thompson-sampling proposals.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+SIGMA_GRID = np.geomspace(2e-5, 0.3, 30)  # relative noise sd of the metric
+MISFIT_GRID = np.array([0.03, 0.1, 0.3])  # the bowl's misfit sd, per unit of gap
+ROBUST_ITERATIONS = 4  # refits with each trial's gap from the previous fit
+BROAD_WEIGHT = 0.15  # prior probability that the law's vertex prediction is wrong
+DRAWS = 256  # vertex draws behind a posterior's mean and covariance
+ROBUST_CUT = 3.0  # residuals beyond this many sds are shrunk to it (outlying trials)
+OFF_BOWL = 5.0  # to start, trials more than this many median gaps above the best are off
+OFF_GAP = 0.25  # trials 25% above the best are off the bowl (divergence, not a bowl's wall)
+ON_BOWL = 4.0  # trials whose variance was inflated less than this fit the bowl
+SUPPORT_MARGIN = 0.5  # the support of the trials extends by this share of their spread
+DEGREE = 3  # cubic terms let the bowl be lopsided
+CUBIC_SD = 1.0  # prior sd of cubic coefficients, in units of the bowl's own width
+UNKNOWN_CURVATURE_SD = 30.0  # relative sd of the curvature prior when no scale has shown it
+LEVEL_GRID = (0.0, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)  # sd of shared-value offsets
+MIN_LEVELS = 4  # a grid dimension has at least this many values shared by several trials
+GRID_SHARE = 4  # ... and this many trials per value on average
+
+
+@dataclass(frozen=True)
+class BowlPrior:
+    """Prior knowledge about one scale's bowl, in warped coordinates.
+
+    ``vertex``/``vertex_cov``: where the optimum is predicted (a law's prediction), or None for
+    a flat prior. ``curvature``/``skew``: the second/third derivatives of the relative gap seen
+    at other scales (or None), with their spreads. ``noise``: the metric's relative sd, or None.
+    """
+
+    vertex: np.ndarray | None = None
+    vertex_cov: np.ndarray | None = None
+    curvature: np.ndarray | None = None
+    skew: np.ndarray | None = None  # third derivatives (d x d x d) seen at other scales
+    curvature_sd: float = 0.7  # relative sd of the curvature around ``curvature``
+    skew_sd: float = 0.5  # sd of the third derivatives around ``skew``, in the bowl's units
+    noise: float | None = None
+    noise_sd: float = 0.7  # log-sd of the noise prior: how sure ``noise`` is
+
+
+class Bowl:
+    """A fitted bowl: the posterior of its coefficients, and what follows from it.
+
+    Coordinates are the warped hyperparameters; values are relative to the best trial.
+    ``center`` is the recommended optimum (the argmin of the posterior mean surface), ``draws``
+    are posterior draws of the vertex (Thompson samples), ``curvature`` the posterior mean
+    Hessian at the center (None if not convex) and ``noise`` the posterior mean noise sd.
+    """
+
+    def __init__(self, post: _Posterior, exps: np.ndarray, origin: np.ndarray,
+                 low: np.ndarray, high: np.ndarray, n: int, seed: int | np.random.Generator):
+        self._post, self._exps, self._origin = post, exps, origin
+        self.low, self.high, self.n = low, high, n
+        self._rng = np.random.default_rng(seed)
+        self._draws: np.ndarray | None = None
+        self.support: tuple[np.ndarray, np.ndarray] = (low, high)
+        self.n_on = n  # trials that fit the bowl (not outliers)
+        t = len(exps)
+        self._theta = post.mean()[:t]
+        d = len(origin)
+        wide = _widened(low, high, origin)  # a vertex past a hard bound is censored there
+        x, ok = minimize(self._theta[None], exps, np.zeros((1, d)), *wide)
+        x = x[0] if ok[0] else np.median(self.draws, axis=0) - origin
+        self.unclipped = x + origin  # beyond a hard bound: the optimum is censored there
+        self.center = np.clip(self.unclipped, low, high)
+        _, hess = gradient_hessian(self.center[None] - origin, self._theta[None], exps)
+        self.curvature = hess[0] if np.all(np.linalg.eigvalsh(hess[0]) > 0) else None
+        self.skew = third_derivatives(self._theta, exps)
+        self.noise = post.noise()
+        self.typical_noise = post.typical_noise()
+        # the posterior probability that the vertex prior (a law's prediction) is wrong
+        self.doubt = float(post.weights @ post.broad)
+
+    def draw(self, k: int = 1, rng: np.random.Generator | None = None) -> np.ndarray:
+        """``k`` posterior draws of the vertex (k x d), inside the box widened a little (past a
+        hard bound: the optimum is beyond it). Draws whose surface has no bowl there are
+        redrawn: the metric is convex near its optimum."""
+        rng = rng or self._rng
+        lo, hi = _widened(self.low, self.high, self._origin)
+        out: list[np.ndarray] = []
+        for _ in range(8):
+            theta = self._post.sample(rng, 2 * k)[:, :len(self._exps)]
+            x, ok = minimize(theta, self._exps, np.zeros((2 * k, len(lo))), lo, hi)
+            out.extend(x[ok])
+            if len(out) >= k:
+                break
+        if len(out) < k:  # the posterior holds almost no bowl: spread over the box instead
+            a = np.where(np.isfinite(lo), lo, np.minimum(hi, 0.0) - 1.0)
+            b = np.where(np.isfinite(hi), hi, a + 2.0)
+            out.extend(rng.uniform(a, b, (k - len(out), len(lo))))
+        return np.array(out[:k]) + self._origin
+
+    @property
+    def draws(self) -> np.ndarray:
+        if self._draws is None:
+            self._draws = self.draw(DRAWS)
+        return self._draws
+
+    @property
+    def cov(self) -> np.ndarray:
+        return np.atleast_2d(np.cov(self.draws, rowvar=False))
+
+    @property
+    def sd(self) -> np.ndarray:
+        return np.sqrt(np.diag(self.cov))
+
+    def value(self, z: np.ndarray) -> np.ndarray:
+        """Posterior mean of the relative metric at points z (m x d)."""
+        return features(np.atleast_2d(z) - self._origin, self._exps) @ self._theta
+
+
+def terms(d: int, degree: int = 3) -> np.ndarray:
+    """Exponents (T x d) of every monomial in d variables up to ``degree``, constant first."""
+    out = [np.zeros(d, dtype=int)]
+    for deg in range(1, degree + 1):
+        for combo in itertools.combinations_with_replacement(range(d), deg):
+            e = np.zeros(d, dtype=int)
+            for j in combo:
+                e[j] += 1
+            out.append(e)
+    return np.array(out)
+
+
+def third_derivatives(theta: np.ndarray, exps: np.ndarray) -> np.ndarray:
+    """The (constant) third-derivative tensor of a cubic: the bowl's lopsidedness."""
+    d = exps.shape[1]
+    out = np.zeros((d, d, d))
+    for t, e in enumerate(exps):
+        if e.sum() == 3:
+            value = theta[t] * math.prod(math.factorial(int(k)) for k in e)
+            for idx in set(itertools.permutations(np.repeat(np.arange(d), e))):
+                out[idx] = value
+    return out
+
+
+def features(x: np.ndarray, exps: np.ndarray) -> np.ndarray:
+    """The monomials ``exps`` at points x (n x d): n x T."""
+    return np.prod(x[:, None, :] ** exps[None, :, :], axis=2)
+
+
+@functools.lru_cache(maxsize=32)
+def _derivative_maps(d: int, degree: int) -> np.ndarray:
+    """D (d x T x T): d/dx_j of monomial t is sum_s D[j, t, s] * monomial s."""
+    exps = terms(d, degree)
+    index = {tuple(e): s for s, e in enumerate(exps)}
+    out = np.zeros((d, len(exps), len(exps)))
+    for t, e in enumerate(exps):
+        for j in range(d):
+            if e[j]:
+                lower = e.copy()
+                lower[j] -= 1
+                out[j, t, index[tuple(lower)]] = e[j]
+    return out
+
+
+def gradient_hessian(x: np.ndarray, theta: np.ndarray, exps: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient (m x d) and Hessian (m x d x d) of polynomials ``theta`` (m x T) at x (m x d)."""
+    d = x.shape[1]
+    maps = _derivative_maps(d, int(exps.sum(axis=1).max()))
+    mono = features(x, exps)  # m x T
+    first = np.einsum("mt,jts->mjs", theta, maps)  # coefficients of each partial derivative
+    g = np.einsum("mjs,ms->mj", first, mono)
+    second = np.einsum("mjt,kts->mjks", first, maps)
+    h = np.einsum("mjks,ms->mjk", second, mono)
+    return g, h
+
+
+def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
+             prior: BowlPrior | None = None, seed: int | np.random.Generator = 0) -> Bowl:
+    """The bowl of metric ``y`` (minimized) over warped points ``z`` (n x d) in the box
+    [low, high] (the hard bounds; infinite where there are none)."""
+    prior = prior or BowlPrior()
+    z = np.asarray(z, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n, d = z.shape
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    rng = np.random.default_rng(seed)
+    if n == 0:  # the prior alone (a study with no completed trial yet)
+        z, y = np.zeros((1, d)), np.ones(1)
+        origin = prior.vertex if prior.vertex is not None else _box_center(low, high)
+        bowl = fit_bowl(z + origin, y, low, high, replace(prior, noise=1e3), rng)
+        bowl.n = bowl.n_on = 0
+        return bowl
+    best = int(np.argmin(y))
+    scale = abs(y[best]) if y[best] != 0 else max(float(np.abs(y).max()), 1e-12)
+    r = y / scale  # relative units: a gap of 0.01 is 1% above the best trial
+    span = _span(z, low, high)
+    origin = prior.vertex if prior.vertex is not None else _weighted_center(z, r)
+    x = z - origin
+    exps = terms(d, DEGREE)
+    poly = features(x, exps)
+    lev = levels(z)
+    phi = np.hstack([poly, lev])
+    components = _with_levels(_coef_prior(exps, span, prior), lev.shape[1])
+    log_sigma_prior = _noise_prior(prior.noise, prior.noise_sd)
+    # how far above the best trial each one is: the bowl's misfit grows with it (a gap to
+    # the model's own floor would let a misplaced vertex explain a slope away as misfit)
+    gap = np.maximum(r - r[best], 0.0)
+    # a trial more than OFF_GAP above the best (divergence, not a bowl's wall) says only that
+    # the metric there is at least that bad: a bound the bowl must clear (a Tobit step: it
+    # counts as the larger of the bound and the bowl's own value there)
+    off = gap > OFF_GAP
+    cap = r[best] + OFF_GAP
+    gap = np.minimum(gap, OFF_GAP)
+    target = np.where(off, cap, r)
+    # a trial far off the bowl counts as if it were ROBUST_CUT sds off; to start, so do
+    # trials far above the typical gap
+    inflate = np.maximum(1.0, (gap / (OFF_BOWL * max(float(np.median(gap)), 1e-9))) ** 2)
+    for _ in range(ROBUST_ITERATIONS):
+        post = _posterior(phi, target, gap, inflate, components, log_sigma_prior)
+        fitted = phi @ post.mean()
+        target = np.where(off, np.maximum(fitted, cap), r)
+        noise = post.typical_noise()
+        sd = np.sqrt(noise**2 + misfit_sd(gap, post.typical_misfit(), noise) ** 2)
+        inflate = np.maximum(1.0, ((target - fitted) / (ROBUST_CUT * sd)) ** 2)
+    bowl = Bowl(post, exps, origin, low, high, n, rng)
+    on = z[inflate <= ON_BOWL]
+    bowl.n_on = len(on)
+    if len(on):  # where trials that fit the bowl are: beyond, the vertex is extrapolated
+        margin = SUPPORT_MARGIN * (on.max(axis=0) - on.min(axis=0))
+        bowl.support = (on.min(axis=0) - margin, on.max(axis=0) + margin)
+    return bowl
+
+
+def minimize(theta: np.ndarray, exps: np.ndarray, start: np.ndarray, lo: np.ndarray,
+             hi: np.ndarray, steps: int = 12, max_step: float = 1.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Local minima of polynomials ``theta`` (m x T) by damped Newton from ``start`` (m x d),
+    each kept inside [lo, hi]: the vertex nearest the start when a cubic has several.
+    Returns the points and whether each is a bowl's bottom (convex there)."""
+    x = start.copy()
+    for _ in range(steps):
+        g, h = gradient_hessian(x, theta, exps)
+        step = -np.linalg.solve(_convex(h), g[..., None])[..., 0]
+        norm = np.linalg.norm(step, axis=1, keepdims=True)
+        step *= np.minimum(1.0, max_step / np.maximum(norm, 1e-300))
+        x = np.clip(x + step, lo, hi)
+    _, h = gradient_hessian(x, theta, exps)
+    return x, np.all(np.linalg.eigvalsh(h) > 0, axis=1)
+
+
+# pieces -----------------------------------------------------------------------------------------
+@dataclass
+class _Posterior:
+    """Gaussian posteriors of the coefficients, one per (prior component, noise) grid point."""
+
+    weights: np.ndarray  # (K,)
+    means: np.ndarray  # (K, p)
+    precs: np.ndarray  # (K, p, p)
+    sigmas: np.ndarray  # (K,)
+    misfits: np.ndarray  # (K,)
+    broad: np.ndarray  # (K,) bool: the grid point's vertex prior is the broad one
+
+    def mean(self) -> np.ndarray:
+        return self.weights @ self.means
+
+    def noise(self) -> float:
+        return float(self.weights @ self.sigmas)
+
+    def typical_noise(self) -> float:
+        """The geometric posterior mean of the noise sd (robust to the prior's long tail)."""
+        return float(np.exp(self.weights @ np.log(self.sigmas)))
+
+    def typical_misfit(self) -> float:
+        return float(np.exp(self.weights @ np.log(self.misfits)))
+
+    def sample(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        idx = rng.choice(len(self.weights), size=k, p=self.weights)
+        out = np.empty((k, self.means.shape[1]))
+        for j in np.unique(idx):
+            sel = idx == j
+            chol = np.linalg.cholesky(self.precs[j])
+            eps = rng.standard_normal((int(sel.sum()), self.means.shape[1]))
+            out[sel] = self.means[j] + np.linalg.solve(chol.T, eps.T).T
+        return out
+
+
+def _posterior(phi: np.ndarray, r: np.ndarray, gap: np.ndarray, inflate: np.ndarray,
+               components: list[tuple[np.ndarray, np.ndarray, float, bool]],
+               log_sigma_prior: np.ndarray) -> _Posterior:
+    """Posterior over (prior component, noise sigma): conjugate for each grid point.
+
+    A trial's variance is noise^2 + (misfit * gap)^2, times its robustness ``inflate``; noise
+    and misfit run over SIGMA_GRID x MISFIT_GRID.
+    """
+    sig = np.repeat(SIGMA_GRID, len(MISFIT_GRID))
+    mis = np.tile(MISFIT_GRID, len(SIGMA_GRID))
+    var = (sig[:, None] ** 2 + misfit_sd(gap[None, :], mis[:, None], sig[:, None]) ** 2
+           ) * inflate[None, :]
+    log_sigma_prior = np.repeat(log_sigma_prior, len(MISFIT_GRID))
+    w = 1.0 / var
+    info = np.einsum("sn,np,nq->spq", w, phi, phi)  # (S, p, p)
+    xty = (w * r[None, :]) @ phi  # (S, p)
+    logdet_v = np.log(var).sum(axis=1)
+    weights, means, precs, sigmas, misfits = [], [], [], [], []
+    broads = []
+    for mu0, prec0, log_mix, broad in components:
+        prec = info + prec0[None]
+        rhs = xty + (prec0 @ mu0)[None]
+        mean = np.linalg.solve(prec, rhs[..., None])[..., 0]
+        resid = r[None, :] - mean @ phi.T
+        dev = mean - mu0[None]
+        quad = (w * resid**2).sum(axis=1) + np.einsum("sp,pq,sq->s", dev, prec0, dev)
+        logdet_p = np.linalg.slogdet(prec)[1]
+        logml = -0.5 * (logdet_v + quad + logdet_p - _logdet_proper(prec0))
+        weights.append(logml + log_sigma_prior + log_mix)
+        means.append(mean)
+        precs.append(prec)
+        sigmas.append(sig)
+        misfits.append(mis)
+        broads.append(np.full(len(sig), broad))
+    logw = np.concatenate(weights)
+    wts = np.exp(logw - logw.max())
+    wts /= wts.sum()
+    keep = wts > 1e-10
+    return _Posterior(wts[keep] / wts[keep].sum(), np.concatenate(means)[keep],
+                      np.concatenate(precs)[keep], np.concatenate(sigmas)[keep],
+                      np.concatenate(misfits)[keep], np.concatenate(broads)[keep])
+
+
+def _with_levels(components: list[tuple[np.ndarray, np.ndarray, float, bool]], n_levels: int
+                 ) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
+    """Each component extended by level offsets ~ N(0, tau^2), for every tau of LEVEL_GRID."""
+    if n_levels == 0:
+        return components
+    out = []
+    for mu0, prec0, log_mix, broad in components:
+        p = len(mu0)
+        for tau in LEVEL_GRID:
+            prec = np.zeros((p + n_levels, p + n_levels))
+            prec[:p, :p] = prec0
+            prec[p:, p:] = np.eye(n_levels) / max(tau, 1e-6) ** 2
+            out.append((np.concatenate([mu0, np.zeros(n_levels)]), prec,
+                        log_mix - math.log(len(LEVEL_GRID)), broad))
+    return out
+
+
+def levels(z: np.ndarray) -> np.ndarray:
+    """Indicators (n x L) of the values of each dimension that several trials share, where a
+    dimension is a grid: at least MIN_LEVELS values, each shared by GRID_SHARE trials on
+    average (a search's integer values repeat too, but they are no grid)."""
+    cols = []
+    for j in range(z.shape[1]):
+        vals, inv, counts = np.unique(np.round(z[:, j], 9), return_inverse=True,
+                                      return_counts=True)
+        shared = np.flatnonzero(counts >= 2)
+        if len(shared) >= MIN_LEVELS and len(z) >= GRID_SHARE * len(vals):
+            cols += [(inv == v).astype(float) for v in shared]
+    return np.column_stack(cols) if cols else np.zeros((len(z), 0))
+
+
+def misfit_sd(gap: np.ndarray, scale: np.ndarray | float, noise: np.ndarray | float
+              ) -> np.ndarray:
+    """The bowl's misfit sd at a trial ``gap`` above the best one: ``scale`` times the part of
+    the gap the noise cannot explain (near the vertex, gaps are mostly noise)."""
+    return scale * np.maximum(gap - 2 * noise, 0.0)
+
+
+def _logdet_proper(prec: np.ndarray) -> float:
+    ev = np.linalg.eigvalsh(prec)
+    ev = ev[ev > 1e-12 * max(ev.max(), 1e-300)]
+    return float(np.log(ev).sum())
+
+
+def _coef_prior(exps: np.ndarray, span: np.ndarray, prior: BowlPrior
+                ) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
+    """Prior mean, precision and log weight of the coefficients, per mixture component, and
+    whether the component is the broad one (the vertex anywhere in the box).
+
+    The constant is flat. The curvature A (twice the square terms, once the cross terms):
+    near ``prior.curvature`` (relative sd ``prior.curvature_sd``) if given, else barely tied to
+    a bowl that rises 4% over a fifth of the box (proper, so a few trials still give a vertex).
+    The
+    linear part b = -A v follows from the vertex prior: the law's prediction (covariance
+    A S A), mixed with a broad one over the box. Cubic terms (the bowl is lopsided: steeper
+    towards divergence) are centred on ``prior.skew`` (sd ``prior.skew_sd``) or on 0 (sd
+    CUBIC_SD), in the bowl's own units.
+    """
+    h0 = prior.curvature
+    known = h0 is not None
+    if h0 is None:
+        h0 = np.diag(0.04 / (0.2 * span) ** 2)
+    h0 = np.asarray(h0, dtype=float)
+    diag = np.diag(h0)
+    deg = exps.sum(axis=1)
+    p = len(exps)
+    mu = np.zeros(p)
+    sd = np.full(p, np.inf)
+    lin = [t for t in range(p) if deg[t] == 1]
+    for t in range(p):
+        e = exps[t]
+        if deg[t] == 2:
+            j, k = np.flatnonzero(e)[0], np.flatnonzero(e)[-1]
+            factor = 0.5 if j == k else 1.0
+            mu[t] = factor * h0[j, k]
+            spread = prior.curvature_sd if known else UNKNOWN_CURVATURE_SD
+            sd[t] = factor * math.sqrt(diag[j] * diag[k]) * spread
+        elif deg[t] == 3:
+            unit = float(np.prod(np.sqrt(diag) ** e))
+            if prior.skew is not None:  # seen at other scales: the bowl keeps its lopsidedness
+                idx = tuple(np.repeat(np.arange(len(e)), e))
+                mu[t] = prior.skew[idx] / math.prod(math.factorial(int(k)) for k in e)
+                sd[t] = prior.skew_sd * unit
+            else:
+                sd[t] = CUBIC_SD * unit * (1.0 if known else UNKNOWN_CURVATURE_SD)
+    broad = np.diag((span / 2) ** 2)
+    if prior.vertex is not None and prior.vertex_cov is not None:
+        vertex_covs = [np.asarray(prior.vertex_cov, dtype=float), broad]
+        log_mix = np.log([1 - BROAD_WEIGHT, BROAD_WEIGHT])
+    else:
+        vertex_covs, log_mix = [broad], np.zeros(1)
+    mus, precs = [], []
+    for s in vertex_covs:
+        cov = np.diag(np.where(np.isfinite(sd), sd, 0.0) ** 2)
+        cov[np.ix_(lin, lin)] = h0 @ s @ h0.T * (1 + (prior.curvature_sd if known else 1) ** 2)
+        proper = [t for t in range(p) if deg[t] > 0]
+        prec = np.zeros((p, p))
+        prec[np.ix_(proper, proper)] = np.linalg.inv(cov[np.ix_(proper, proper)])
+        mus.append(mu.copy())
+        precs.append(prec)
+    kinds = [False, True] if len(vertex_covs) == 2 else [False]
+    return list(zip(mus, precs, log_mix, kinds))
+
+
+def _noise_prior(noise: float | None, sd: float) -> np.ndarray:
+    """Log prior weights of SIGMA_GRID: log-uniform, or log-normal around a known noise."""
+    logs = np.log(SIGMA_GRID)
+    if noise is None or not noise > 0:
+        return np.zeros(len(SIGMA_GRID))
+    return -0.5 * ((logs - math.log(noise)) / sd) ** 2
+
+
+def _span(z: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Per dimension, the box's width, or (unbounded) four times the trials' spread."""
+    width = high - low
+    fallback = 4 * np.maximum(z.std(axis=0), 0.5) if len(z) else np.ones(len(low))
+    return np.where(np.isfinite(width) & (width > 0), width, fallback)
+
+
+def _widened(low: np.ndarray, high: np.ndarray, origin: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """The box [low, high] widened by a quarter of its width on each side, relative to
+    ``origin``: where a vertex may lie (past a bound, censored), a cubic not running off."""
+    width = np.where(np.isfinite(high - low), high - low, 0.0)
+    return low - 0.25 * width - origin, high + 0.25 * width - origin
+
+
+def _box_center(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    both = np.isfinite(low) & np.isfinite(high)
+    return np.where(both, (low + high) / 2, np.where(np.isfinite(low), low,
+                                                     np.where(np.isfinite(high), high, 0.0)))
+
+
+def _weighted_center(z: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Centroid of the best trials (coordinates' origin when there is no vertex prior)."""
+    k = min(len(r), max(3, 2 * z.shape[1] + 1))
+    idx = np.argsort(r)[:k]
+    return z[idx].mean(axis=0)
+
+
+def _convex(h: np.ndarray) -> np.ndarray:
+    """Hessians (..., d, d) with eigenvalues floored at a small fraction of the largest."""
+    ev, vec = np.linalg.eigh(h)
+    top = np.maximum(np.abs(ev).max(axis=-1, keepdims=True), 1e-12)
+    ev = np.maximum(ev, 1e-3 * top)
+    return (vec * ev[..., None, :]) @ np.swapaxes(vec, -1, -2)

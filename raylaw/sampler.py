@@ -1,0 +1,297 @@
+"""``LawSampler``: an Optuna sampler that searches where a scaling law predicts the optimum.
+
+It models the governed hyperparameters' landscape at the target scale as a Bayesian bowl
+(``raylaw.landscape``) whose vertex prior is the law's prediction, fitted to the study's
+completed trials with the metric's noise estimated. Proposals are Thompson samples of the
+vertex, so they concentrate where the optimum probably is and spread as far as it is still
+uncertain; its answer, ``recommend``, is the posterior's optimum, which may be a configuration
+never tried, not the luckiest trial. Every other parameter is left to ``base_sampler``. The
+sampler keeps no state between trials: it recomputes from the study, so several workers can
+share an RDB storage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from raylaw.landscape import Bowl, BowlPrior, fit_bowl
+from raylaw.law import Prediction, ScalingLaw
+from raylaw.optimum import pooled_shape
+from raylaw.space import SearchSpace
+
+LAW_CENTER_ATTR = "law_center"  # trial user attribute: the trial is the law's prediction
+MIN_SUPPORT = 3  # trials on the bowl before the recommendation is kept near them
+EXPLORE_EVERY = 8  # every 8th trial looks anywhere in the declared ranges
+DECLARED_NOISE_SD = 0.5  # log-sd of the noise prior around a declared noise
+
+
+class LawSampler(BaseSampler):
+    """An Optuna sampler guided by a scaling law's prediction at a target scale.
+
+    ``optuna.create_study(sampler=LawSampler(law, space, scale={"N": 1e9, "D": 2e10}, seed=0))``
+
+    Args:
+        law: the fitted law (None: no prior, the bowl is searched over the declared ranges).
+        space: the search space; its governed hyperparameters are the ones modelled.
+        scale: the target scale, e.g. ``{"N": 1e9, "D": 2e10}``.
+        coverage: the interval ``predictions`` and ``recommendation`` report.
+        seed: makes the proposals reproducible.
+        base_sampler: samples the other (free) parameters; multivariate TPE by default.
+        noise: the metric's relative sd from run to run, as a prior; default: the space's
+            ``noise``, else estimated from the trials alone.
+        explore_every: every k-th trial (k - 1, 2k - 1, ...) is drawn anywhere in the declared
+            ranges, in case the law is wrong where the trials cannot tell (None: never).
+
+    The first trial is the law's prediction (user attribute ``law_center``; a sweep never
+    stops it early).
+    """
+
+    def __init__(self, law: ScalingLaw | None, space: SearchSpace | None,
+                 scale: dict[str, float], *, coverage: float = 0.9, seed: int | None = None,
+                 base_sampler: BaseSampler | None = None, n_startup_trials: int = 4,
+                 noise: float | None = None, explore_every: int | None = EXPLORE_EVERY) -> None:
+        fitted = law is not None and any(t.fitted for t in law.terms.values())
+        governed = list(space.governed) if space is not None else (
+            list(law.terms) if law is not None else [])
+        self._names = governed
+        self._preds: dict[str, Prediction] = {}
+        self._vertex: dict[str, Prediction] = {}
+        if fitted:
+            self._preds = {k: v for k, v in law.predict(scale, coverage, observed=True).items()
+                           if k in governed}
+            self._vertex = {k: v for k, v in law.predict(scale, coverage).items()
+                            if k in governed}
+        self._shape = pooled_shape(law.optima) if law is not None else None
+        # a declared noise (measured, e.g. by bench/lm_noise.py) is a prior; without one the
+        # trials' residuals alone estimate it (a law fitted from cleaner data would mislead)
+        if noise is None and space is not None:
+            noise = space.noise
+        self._noise = noise
+        self._coverage = coverage
+        self._explore = explore_every
+        self._seed = int(seed) if seed is not None else _fresh_seed()
+        self._base = base_sampler or TPESampler(
+            seed=seed, multivariate=True, n_startup_trials=n_startup_trials)
+        self._proposals: dict[int, dict[str, Any]] = {}
+
+    @property
+    def predictions(self) -> dict[str, Prediction]:
+        """The law's prediction for an observed optimum at the target scale, per hyperparameter."""
+        return dict(self._preds)
+
+    def reseed_rng(self) -> None:
+        self._seed = _fresh_seed()
+        self._base.reseed_rng()
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._base.before_trial(study, trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._proposals.pop(trial.number, None)
+        self._base.after_trial(study, trial, state, values)
+
+    def infer_relative_search_space(self, study: Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        mine = {n: d for n, d in search_space.items() if self._models(n, d)}
+        others = {n: d for n, d in search_space.items() if n not in mine}
+        out = self._base.sample_relative(study, trial, others) if others else {}
+        if mine:
+            out.update(self._propose(study, trial, mine))
+        return out
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        if not self._models(param_name, param_distribution):
+            return self._base.sample_independent(study, trial, param_name, param_distribution)
+        return self._propose(study, trial, {param_name: param_distribution})[param_name]
+
+    # the model ------------------------------------------------------------------------------
+    def posterior(self, study: Study, distributions: dict[str, BaseDistribution] | None = None
+                  ) -> tuple[list[str], Bowl] | None:
+        """The bowl at the target scale fitted to ``study``'s completed trials, with the law's
+        prediction as the vertex prior: (its hyperparameter names, the bowl), or None when the
+        study has no governed hyperparameter to model. Coordinates are log values."""
+        trials = _completed(study)
+        if distributions is None:
+            distributions = _declared(study, self._names)
+        names = [n for n in self._names if n in distributions
+                 and self._models(n, distributions[n])]
+        if not names:
+            return None
+        low = np.array([_log(distributions[n].low, -math.inf) for n in names])
+        high = np.array([_log(distributions[n].high, math.inf) for n in names])
+        rows = [t for t in trials if all(n in t.params for n in names)]
+        z = np.log([[float(t.params[n]) for n in names] for t in rows]).reshape(len(rows),
+                                                                              len(names))
+        sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
+        y = np.array([sign * float(t.value) for t in rows])
+        vertex, vertex_cov = self._vertex_prior(names)
+        shape = self._shape.prior(names) if self._shape is not None else BowlPrior()
+        prior = replace(shape, vertex=vertex, vertex_cov=vertex_cov, noise=self._noise,
+                        noise_sd=DECLARED_NOISE_SD)
+        return names, fit_bowl(z, y, low, high, prior, seed=[self._seed, len(rows)])
+
+    def recommend(self, study: Study) -> dict[str, Any]:
+        """The estimated optimum: governed hyperparameters from the posterior (a configuration
+        that may never have been tried), the others from the best completed trial."""
+        best = _best(study)
+        out = dict(best.params) if best is not None else {}
+        fit = self.posterior(study)
+        if fit is not None:
+            names, bowl = fit
+            dists = _declared(study, names)
+            out.update({n: _snap(math.exp(v), dists[n])
+                        for n, v in zip(names, self._supported(names, bowl))})
+        return out
+
+    def _supported(self, names: list[str], bowl: Bowl) -> np.ndarray:
+        """The bowl's center, kept near the trials that fit the bowl once there are a few: an
+        extrapolated vertex can sit where no trial looked, even where training diverges."""
+        if bowl.n_on < MIN_SUPPORT:
+            return bowl.center
+        return np.clip(bowl.center, *bowl.support)
+
+    def recommendation(self, study: Study) -> dict[str, Any]:
+        """``recommend`` with each governed hyperparameter's interval at ``coverage`` and the
+        metric's estimated relative noise: ``{"params": {...}, "low": {...}, "high": {...},
+        "coverage": ..., "noise": ...}`` (JSON-ready)."""
+        params = self.recommend(study)
+        out: dict[str, Any] = {"params": params, "low": {}, "high": {},
+                               "coverage": self._coverage}
+        fit = self.posterior(study)
+        if fit is not None:
+            names, bowl = fit
+            a = (1 - self._coverage) / 2
+            for k, n in enumerate(names):
+                lo, hi = np.clip(np.quantile(bowl.draws[:, k], [a, 1 - a]), bowl.low[k],
+                                 bowl.high[k])
+                out["low"][n], out["high"][n] = float(math.exp(lo)), float(math.exp(hi))
+            out["noise"] = bowl.noise
+        return out
+
+    # proposals ------------------------------------------------------------------------------
+    def _propose(self, study: Study, trial: FrozenTrial,
+                 dists: dict[str, BaseDistribution]) -> dict[str, Any]:
+        """Values for the governed parameters in ``dists``: the law's center for the first
+        trial, else a Thompson sample of the vertex (cached per trial, so the parameters an
+        objective asks for one at a time come from one draw)."""
+        cached = self._proposals.get(trial.number, {})
+        if all(n in cached for n in dists):
+            return {n: cached[n] for n in dists}
+        if self._vertex and _is_first(study, trial):
+            # marked in the store: the sweep runs the law's own recommendation to full length
+            study._storage.set_trial_user_attr(trial._trial_id, LAW_CENTER_ATTR, True)
+            values = {n: _snap(self._vertex[n].center, d) for n, d in dists.items()
+                      if n in self._vertex}
+        elif self._explore and trial.number % self._explore == self._explore - 1:
+            values = {}  # a look anywhere in the declared ranges, in case the law is wrong
+        else:
+            every = {**_declared(study, self._names), **dists}
+            fit = self.posterior(study, every)
+            values = {}
+            if fit is not None:
+                names, bowl = fit
+                rng = self._trial_rng(trial, 1)
+                if self._vertex and rng.random() < bowl.doubt:
+                    # the trials say the law is likely wrong: search the declared ranges
+                    values = self._base_values(study, trial, dists)
+                else:
+                    draw = bowl.draw(1, rng)[0]
+                    values = {n: _snap(math.exp(v), every[n]) for n, v in zip(names, draw)}
+        rng = self._trial_rng(trial, 2)
+        values.update({n: self._draw_one(n, d, rng) for n, d in dists.items()
+                       if n not in values})
+        self._proposals.setdefault(trial.number, {}).update(values)
+        return {n: values[n] for n in dists}
+
+    def _base_values(self, study: Study, trial: FrozenTrial,
+                     dists: dict[str, BaseDistribution]) -> dict[str, Any]:
+        """The base sampler's values for the governed parameters, over their declared ranges."""
+        if len(dists) > 1:
+            out = self._base.sample_relative(study, trial, dists)
+            if set(out) == set(dists):
+                return out
+        return {n: self._base.sample_independent(study, trial, n, d) for n, d in dists.items()}
+
+    def _draw_one(self, name: str, dist: BaseDistribution, rng: np.random.Generator) -> Any:
+        """A log-uniform draw inside ``dist`` (a governed parameter the model does not place)."""
+        lo, hi = _log(dist.low, math.log(1e-12)), math.log(dist.high)
+        return _snap(math.exp(rng.uniform(lo, hi)), dist)
+
+    def _trial_rng(self, trial: FrozenTrial, stream: int) -> np.random.Generator:
+        """Random numbers for one trial: the same for the same seed and trial, whoever asks
+        (a worker, ``recommend``) and in whatever order."""
+        return np.random.default_rng([self._seed, trial.number, stream])
+
+    def _vertex_prior(self, names: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if not self._vertex or any(n not in self._vertex for n in names):
+            return None, None
+        center = np.array([math.log(self._vertex[n].center) for n in names])
+        return center, np.diag([self._vertex[n].log_sd ** 2 for n in names])
+
+    def _models(self, name: str, dist: BaseDistribution) -> bool:
+        return (name in self._names and isinstance(dist, (FloatDistribution, IntDistribution))
+                and dist.low < dist.high and dist.high > 0)
+
+
+def _fresh_seed() -> int:
+    return int(np.random.SeedSequence().entropy % 2**32)
+
+
+def _log(v: float, default: float) -> float:
+    return math.log(v) if v > 0 else default
+
+
+def _completed(study: Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+
+
+def _declared(study: Study, names: list[str]) -> dict[str, BaseDistribution]:
+    """The distributions the objective declared for ``names`` (the latest trial's)."""
+    out: dict[str, BaseDistribution] = {}
+    for t in reversed(study.get_trials(deepcopy=False)):
+        for n, d in t.distributions.items():
+            if n in names and n not in out:
+                out[n] = d
+        if len(out) == len(names):
+            break
+    return out
+
+
+def _is_first(study: Study, trial: FrozenTrial) -> bool:
+    others = study.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL))
+    return all(t.number == trial.number for t in others)
+
+
+def _best(study: Study) -> FrozenTrial | None:
+    done = _completed(study)
+    if not done:
+        return None
+    sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
+    return min(done, key=lambda t: sign * t.value)
+
+
+def _snap(value: float, dist: BaseDistribution) -> float | int:
+    """A value inside ``dist``: clipped, and on its integer/step grid."""
+    v = min(max(value, dist.low), dist.high)
+    if isinstance(dist, IntDistribution):
+        return int(dist.low + round((v - dist.low) / dist.step) * dist.step)
+    if dist.step is not None:
+        return float(dist.low + round((v - dist.low) / dist.step) * dist.step)
+    return float(v)

@@ -1,0 +1,91 @@
+"""The landscape model: a noise-aware bowl fitted to all trials of one scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raylaw.landscape import BowlPrior, fit_bowl, levels
+
+H = np.array([[0.02, -0.006], [-0.006, 0.016]])  # Step Law-like curvature of the relative gap
+BOX = (np.array([-6.0, -6.0]), np.array([6.0, 6.0]))
+
+
+def lopsided(z: np.ndarray, vertex: np.ndarray) -> np.ndarray:
+    """A bowl steeper on one side (towards divergence), relative gap over log coordinates."""
+    x = z - vertex
+    return 1.0 + 0.5 * np.einsum("ni,ij,nj->n", x, H, x) + 0.004 * x[:, 0] ** 3
+
+
+def test_vertex_of_a_noisy_lopsided_bowl_and_an_honest_sd():
+    truth = np.array([0.3, -0.2])
+    misses, sds = [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        z = rng.uniform(-1.5, 1.5, (40, 2))
+        y = lopsided(z, truth) * (1 + 0.003 * rng.standard_normal(40))
+        bowl = fit_bowl(z, y, *BOX)
+        misses.append(bowl.center - truth)
+        sds.append(bowl.sd)
+    z_scores = np.abs(np.array(misses)) / np.array(sds)
+    assert np.median(np.abs(misses)) < 0.15
+    assert np.mean(z_scores < 2.0) >= 0.75  # the sd covers the miss
+
+
+def test_noise_is_estimated_from_the_residuals():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 0.7, (60, 2))
+    y = lopsided(z, np.zeros(2)) * (1 + 0.005 * rng.standard_normal(60))
+    bowl = fit_bowl(z, y, *BOX)
+    assert 0.0035 < bowl.noise < 0.007
+    clean = fit_bowl(z, lopsided(z, np.zeros(2)), *BOX)
+    assert clean.noise < 0.001
+
+
+def test_the_law_prior_holds_with_few_trials_and_data_overrule_it():
+    prior = BowlPrior(vertex=np.zeros(2), vertex_cov=np.eye(2) * 0.01, curvature=H)
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 0.3, (3, 2))
+    few = fit_bowl(z, lopsided(z, np.zeros(2)) * (1 + 0.005 * rng.standard_normal(3)), *BOX,
+                   prior)
+    assert np.all(np.abs(few.center) < 0.3)  # three noisy trials barely move it
+    far = np.array([1.5, -1.5])  # the law is wrong by 1.5 e-folds in each
+    z = far + rng.normal(0, 0.6, (40, 2))
+    many = fit_bowl(z, lopsided(z, far) * (1 + 0.001 * rng.standard_normal(40)), *BOX, prior)
+    assert np.all(np.abs(many.center - far) < 0.3)
+    assert many.doubt > 0.5 > few.doubt
+
+
+def test_divergence_is_a_wall_not_a_point_to_fit():
+    """Trials far above the best (a divergence plateau) bound the bowl from below: they keep
+    the vertex away from them without being fitted as a bowl."""
+    rng = np.random.default_rng(2)
+    z = rng.uniform(-1.5, 1.5, (50, 2))
+    y = lopsided(z, np.zeros(2))
+    diverged = z[:, 0] > 1.0
+    y[diverged] = 2.6  # the loss of a diverged run: 2.6x the best
+    bowl = fit_bowl(z, y, *BOX)
+    assert np.all(np.abs(bowl.center) < 0.15)
+
+
+def test_a_vertex_past_the_hard_bound_is_reported_unclipped():
+    rng = np.random.default_rng(3)
+    z = rng.uniform([0.0, -1.0], [1.5, 1.0], (30, 2))  # the floor of the first is 0
+    y = lopsided(z, np.array([-0.8, 0.0]))
+    bowl = fit_bowl(z, y, np.array([0.0, -6.0]), np.array([6.0, 6.0]))
+    assert bowl.unclipped[0] < -0.3 and bowl.center[0] == 0.0
+
+
+def test_grid_columns_get_shared_offsets_and_searches_do_not():
+    lr, bs = np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 6))
+    grid = np.column_stack([lr.ravel(), bs.ravel()])
+    assert levels(grid).shape == (48, 8 + 6)
+    search = np.random.default_rng(0).normal(0, 1, (48, 2))
+    search[:, 1] = np.round(search[:, 1] * 8)  # integer values that repeat
+    assert levels(search).shape[1] == 0
+
+
+def test_no_trials_is_the_prior():
+    prior = BowlPrior(vertex=np.array([0.5, -0.5]), vertex_cov=np.eye(2) * 0.01, curvature=H)
+    bowl = fit_bowl(np.zeros((0, 2)), np.zeros(0), *BOX, prior)
+    assert bowl.n == 0 and bowl.center == pytest.approx([0.5, -0.5])
