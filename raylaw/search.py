@@ -70,6 +70,8 @@ class LawSearch(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self._rerun:  # an unfinished trial of an interrupted sweep: run it again, same record
             trial = optuna.Trial(self.study, self._rerun.pop(0)._trial_id)
+            for name, dist in self.distributions.items():  # as study.ask does: a driver
+                trial._suggest(name, dist)  # killed mid-ask left some unset (kept ones stay)
         else:
             trial = self.study.ask(self.distributions)
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)

@@ -67,6 +67,18 @@ def test_resume_after_the_driver_is_killed(ray_local, tmp_path):
     assert study.user_attrs["raylaw_sweep"] == "finished"
 
 
+def test_a_trial_cut_off_mid_ask_is_rerun_with_all_its_parameters(tmp_path):
+    from raylaw.search import LawSearch
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    dists = SearchSpace.load(LM_SPACE).optuna_distributions()
+    cut = study.ask()  # the driver was killed after the first parameter was written
+    lr = cut.suggest_float("lr", dists["lr"].low, dists["lr"].high, log=True)
+    config = LawSearch(study, dists, "loss", "min", constants={"scale": {"N": 1.0}}).suggest("a")
+    assert set(config) == set(dists) | {"scale"} and config["lr"] == lr
+    assert study.trials[0].params == {k: config[k] for k in dists}  # the same record, completed
+
+
 def test_resumed_asha_keeps_its_rung_results(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=storage)
