@@ -63,6 +63,7 @@ class LawSearch(Searcher):
         self.resources = dict(resources or {})
         self.keep = keep if keep is not None else set()
         self._live: dict[str, optuna.Trial] = {}
+        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self._steps: dict[int, set[int]] = {}  # steps reported per trial (Optuna warns on repeats)
         self._rerun = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         self.counts = {"completed": 0, "stopped": 0, "diverged": 0, "errored": 0}
@@ -75,6 +76,7 @@ class LawSearch(Searcher):
         else:
             trial = self.study.ask(self.distributions)
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        self.numbers[trial_id] = trial.number
         # the sampler marked it in the store (a Trial's own user_attrs are a cache of its own)
         if self.study._storage.get_trial_user_attrs(trial._trial_id).get(LAW_CENTER_ATTR):
             self.keep.add(trial_id)
@@ -82,6 +84,12 @@ class LawSearch(Searcher):
             trial.set_user_attr("resources", self.resources)
         self._live[trial_id] = trial
         return {**trial.params, **self.constants}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study in the store is this searcher's whole state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: a resumed sweep reloads its study from the store."""
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)

@@ -57,7 +57,9 @@ class SweepConfig:
     resume: bool = False
     study_name: str | None = None
     results_dir: str | None = None
-    verbose: int = 1
+    verbose: int = 1  # 0: the summary only; 1: a line per finished trial; 2: Ray Tune's output too
+    reuse_actors: bool = True  # a finished trial's worker process runs the next trial
+    label: str = ""  # starts the progress lines, e.g. "ladder step 2 of 5"
 
 
 @dataclass
@@ -225,19 +227,27 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
     """Run the trials on Ray Tune with ``scheduler`` (ASHA on the space's fidelity, or None)."""
     from ray import tune
 
+    from raylaw.progress import SweepProgress, tune_console
+
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    progress = [SweepProgress(search, list(space.governed), total=cfg.samples,
+                              done=cfg.samples - remaining, label=cfg.label)
+                ] if cfg.verbose >= 1 else []
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, search_alg=search, scheduler=scheduler,
-            num_samples=remaining, max_concurrent_trials=cfg.max_concurrent),
+            num_samples=remaining, max_concurrent_trials=cfg.max_concurrent,
+            reuse_actors=cfg.reuse_actors),
         run_config=tune.RunConfig(
-            name=_safe(study.study_name), storage_path=cfg.results_dir, verbose=cfg.verbose,
+            name=_safe(study.study_name), storage_path=cfg.results_dir,
+            verbose=2 if cfg.verbose >= 2 else 0, callbacks=progress,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     try:
-        tuner.fit()
+        with tune_console(cfg.verbose):
+            tuner.fit()
     except Exception as e:  # noqa: BLE001 - Tune wraps trainable/contract errors
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "did not include the specified metric" in str(e):

@@ -137,9 +137,15 @@ def test_crashed_trial_is_retried_then_recorded_as_errored(ray_local, tmp_path, 
                       samples=3, trainable="tests.synthetic:flaky")
     (tmp_path / "a").mkdir()
     args[args.index("--max-failures") + 1] = "1"
-    assert main(args) == 0
+    assert main(args + ["--verbose", "1"]) == 0
     statuses = [t.user_attrs["raylaw_status"] for t in study_of(tmp_path / "a").get_trials()]
     assert "errored" not in statuses and len(statuses) == 3  # each crashed once, retried
+    out = capsys.readouterr().out  # the first crash in full, each retry in a line
+    assert out.count("crashed; its error in full") == 1, out
+    assert out.count('synthetic.py", line') == 1  # the trainable's own frame, once
+    crashed = {f"{t.params['lr']:.12g}" for t in study_of(tmp_path / "a").get_trials()}
+    assert out.count("crashed, retried (1 of 1): RuntimeError: first attempt crashes") == len(
+        crashed)  # (one marker per lr: a second trial at an lr does not crash)
     (tmp_path / "b").mkdir()
     marker2 = tmp_path / "markers2"
     marker2.mkdir()
