@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -273,8 +274,10 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search-space YAML file")
     p.add_argument("--law", help="law JSON file, read and refitted (default: SPACE_NAME.law.json)")
     p.add_argument("--samples", type=int, default=16, help="trials per sweep (default 16)")
-    p.add_argument("--store", default=DEFAULT_STORE,
-                   help="SQLAlchemy URL or SQLite path of the trial store")
+    p.add_argument("--store", default=os.environ.get("RAYLAW_STORE") or DEFAULT_STORE,
+                   help="SQLAlchemy URL or SQLite path of the trial store, e.g. "
+                   "postgresql+psycopg://USER@HOST/DB (default: $RAYLAW_STORE, else "
+                   f"{DEFAULT_STORE})")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an "
                    "embedded local Ray)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)

@@ -27,7 +27,14 @@ from raylaw.law import Optimum, Prediction, ScalingLaw, Term
 from raylaw.optimum import extract_optimum
 from raylaw.optuna import LAW_CENTER_ATTR, LawSampler, optima_from_studies, trials_frame
 from raylaw.space import SearchSpace
-from raylaw.store import DEFAULT_STORE, STATE_ATTR, create_sweep, open_store, sweep_studies
+from raylaw.store import (
+    DEFAULT_STORE,
+    STATE_ATTR,
+    create_sweep,
+    open_store,
+    shown_url,
+    sweep_studies,
+)
 
 DEFAULT_TRAINABLE = "raylaw.trainables.lm:train"
 GRACE_FRACTION = 1 / 9  # ASHA's first rung, as a share of the budget
@@ -281,7 +288,7 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
     evidence = optima_from_studies(storage, space, [s.study_name for s in sweep_studies(
         storage, space.name)])
     if evidence:
-        store_tag = f"store {cfg.store}"
+        store_tag = f"store {shown_url(cfg.store)}"  # never a password in the law file
         kept = [o for o in law.optima if o.source != store_tag]  # replaced by the store's
         tagged = [dataclasses.replace(o, source=store_tag) for o in evidence]
         after = ScalingLaw(law.space_name, {n: _fresh_term(t) for n, t in law.terms.items()},
