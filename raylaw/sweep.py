@@ -206,7 +206,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
                        constants={"scale": scale, **({"rungs": rungs} if rungs else {}),
                                   **cfg.constants},
                        fidelity=space.fidelity, budget=budget, resources=resources,
-                       keep=getattr(scheduler, "keep", None))
+                       keep=getattr(scheduler, "keep", None),
+                       experiment_dir=_experiment_dir(cfg.results_dir, study.study_name))
     if remaining > 0:
         try:
             init_ray(address)
@@ -357,6 +358,13 @@ def _sqlite_path(url: str) -> Path | None:
     if "://" not in url:
         return Path(url)
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def _experiment_dir(results_dir: str | None, study_name: str) -> str | None:
+    """Tune's folder for this sweep's trials (checkpoints a rerun trial continues from)."""
+    if results_dir and "://" in results_dir:
+        return None  # cloud storage: a rerun trial starts over
+    return str(Path(results_dir or "~/ray_results").expanduser() / _safe(study_name))
 
 
 def _safe(name: str) -> str:

@@ -79,6 +79,31 @@ def test_a_trial_cut_off_mid_ask_is_rerun_with_all_its_parameters(tmp_path):
     assert study.trials[0].params == {k: config[k] for k in dists}  # the same record, completed
 
 
+def test_a_rerun_trial_gets_its_last_checkpoint_and_repeated_steps_replace_earlier_ones(
+        tmp_path):
+    from raylaw.search import LawSearch
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    dists = SearchSpace.load(LM_SPACE).optuna_distributions()
+    cut = study.ask(dists)  # a trial of a killed driver, Tune id abc12345, 2 points reported
+    cut.set_user_attr("ray_trial_id", "abc12345")
+    for step, v in ((100, 3.0), (200, 2.5)):
+        cut.report(v, step)
+    exp = tmp_path / "experiment"
+    for c in ("checkpoint_000000", "checkpoint_000001"):  # Tune keeps the newest (num_to_keep)
+        (exp / "train_abc12345_1_lr=0.01_2026-01-01" / c).mkdir(parents=True)
+    (exp / "train_ffff0000_2_lr=0.02_2026-01-01" / "checkpoint_000009").mkdir(parents=True)
+    search = LawSearch(study, dists, "loss", "min", fidelity="tokens", budget=300,
+                       experiment_dir=str(exp))
+    config = search.suggest("new00001")
+    assert config["restore_from"].endswith("train_abc12345_1_lr=0.01_2026-01-01/checkpoint_000001")
+    search.on_trial_result("new00001", {"loss": 2.4, "tokens": 200})  # repeated after a restore
+    search.on_trial_complete("new00001", {"loss": 2.2, "tokens": 300})
+    (t,) = study.get_trials()
+    assert t.intermediate_values == {100: 3.0, 200: 2.4, 300: 2.2} and t.value == 2.2
+    assert "restore_from" not in LawSearch(study, dists, "loss", "min").suggest("x")  # a new one
+
+
 def test_resumed_asha_keeps_its_rung_results(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=storage)
