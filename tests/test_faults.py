@@ -79,6 +79,28 @@ def test_a_trial_cut_off_mid_ask_is_rerun_with_all_its_parameters(tmp_path):
     assert study.trials[0].params == {k: config[k] for k in dists}  # the same record, completed
 
 
+def test_a_retried_lm_trial_continues_from_its_checkpoint_and_its_curve_is_one_run(
+        ray_local, tmp_path):
+    marker = tmp_path / "runs"
+    marker.mkdir()
+    args = sweep_args(tmp_path, "--config", f"marker_dir={json.dumps(str(marker))}",
+                      "--config", "eval_every=4", "--grace-fraction", "1", scale=("N=2e4", "D=6e4"),
+                      samples=1, trainable="tests.synthetic:lm_crash_once")
+    args[args.index("--max-failures") + 1] = "1"
+    assert main(args) == 0
+    (t,) = study_of(tmp_path).get_trials()
+    assert t.user_attrs["raylaw_status"] == "completed"
+    run1, run2 = ({int(k): v for k, v in json.loads((marker / f"run{i}.json").read_text()).items()}
+                  for i in (1, 2))
+    steps = sorted(run1)
+    assert len(run1) == 3 and min(run2) == steps[1]  # continued from report 1's checkpoint
+    assert sorted(t.intermediate_values) == sorted({*run1, *run2}) and len(run2) == 3
+    # the curve is the finished model's: report 1 from the run it continued from, the rest
+    # (reports 2 and 3 repeated, then 4) from the retry, none of the crashed run's repeats
+    assert t.intermediate_values == {steps[0]: run1[steps[0]], **run2}
+    assert t.value == run2[max(run2)]
+
+
 def test_a_rerun_trial_gets_its_last_checkpoint_and_repeated_steps_replace_earlier_ones(
         tmp_path):
     from raylaw.search import LawSearch
