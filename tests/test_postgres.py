@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
+from raylaw.errors import RaylawError
 from raylaw.history import versions
 from raylaw.optuna import law_from_studies
 from tests.conftest import LM_SPACE
@@ -57,8 +58,8 @@ def test_ladder_on_postgres_and_a_law_from_its_studies(ray_local, postgres, tmp_
     law = ScalingLaw.load(tmp_path / "law.json")
     assert [p.name for p in versions(tmp_path / "law.json")] == ["v0001.json", "v0002.json"]
     assert len(law.optima) == 2
-    # the same law, fitted from the stored studies by the Python API
-    again = law_from_studies(url, SearchSpace.load(LM_SPACE))
+    # the same law, fitted from the stored studies by the Python API (postgresql:// is psycopg)
+    again = law_from_studies(url.replace("+psycopg", ""), SearchSpace.load(LM_SPACE))
     assert sorted(o.scale["N"] for o in again.optima) == [1e5, 4e5]
     for name, s in again.summary().items():
         assert s["coef"] == pytest.approx(law.summary()[name]["coef"], rel=1e-6, abs=1e-9)
@@ -125,5 +126,7 @@ def test_a_database_that_is_not_there_is_one_line_and_writes_nothing(postgres, t
     assert {"refused": "Connection refused", "no_database": "no_such_database",
             "no_role": "no_such_role"}[case] in err
     assert "s3cret" not in err  # a password never reaches the console
+    with pytest.raises(RaylawError, match="--store postgresql"):
+        law_from_studies(url, SearchSpace.load(LM_SPACE))
     assert not (tmp_path / "law.json").exists() and not (tmp_path / "results").exists()
     assert optuna.get_all_study_names(good) == []  # nothing was written anywhere
