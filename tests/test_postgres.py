@@ -130,3 +130,18 @@ def test_a_database_that_is_not_there_is_one_line_and_writes_nothing(postgres, t
         law_from_studies(url, SearchSpace.load(LM_SPACE))
     assert not (tmp_path / "law.json").exists() and not (tmp_path / "results").exists()
     assert optuna.get_all_study_names(good) == []  # nothing was written anywhere
+
+
+def test_a_sweep_started_at_the_same_moment_takes_the_next_name(postgres):
+    from raylaw.store import create_sweep, open_store
+
+    space, scale = SearchSpace.load(LM_SPACE), {"N": 1e5, "D": 1e5}
+    storage = open_store(postgres.url("same_scale"))
+    # another driver created '#1' between this one's count of the sweeps and its own create
+    optuna.create_study(study_name="lm[D=100000,N=100000]#1", storage=storage)
+    study, resumed = create_sweep(storage, space, scale, "min", optuna.samplers.RandomSampler(),
+                                  resume=False)
+    assert study.study_name == "lm[D=100000,N=100000]#2" and not resumed
+    with pytest.raises(RaylawError, match="--study lm.*#2: a sweep of that name exists"):
+        create_sweep(storage, space, scale, "min", optuna.samplers.RandomSampler(), False,
+                     name=study.study_name)
