@@ -359,3 +359,12 @@ def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
         assert not (tmp_path / "law.json").exists()
     else:
         assert (tmp_path / "law.json").read_bytes() == law_before
+
+
+def test_a_sqlite_store_keeps_a_write_ahead_log_and_syncs_every_commit(tmp_path):
+    from raylaw.store import open_store
+
+    storage = open_store(str(tmp_path / "s.db"))  # a plain path is a SQLite file
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
