@@ -23,3 +23,11 @@ def update_section(path: Path, header: str, new: str) -> None:
     """Re-read ``path`` (others may have written it) and replace our section, atomically."""
     old = path.read_text() if path.exists() else "# raylaw benchmarks\n"
     atomic_write_text(path, replace_section(old, header, new))
+
+
+def publish(text: str, path: Path, header: str, write: bool = True) -> None:
+    """Print a benchmark's section and (unless ``write`` is False) put it in ``path``."""
+    print(text)
+    if write:
+        update_section(path, header, text)
+        print(f"wrote {path}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,16 @@ def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
         trainable=a.trainable, constants=constants, seed=a.seed,
         max_concurrent=a.max_concurrent, max_failures=a.max_failures,
         grace_fraction=a.grace_fraction, reduction_factor=a.reduction_factor, resume=a.resume,
-        study_name=getattr(a, "study", None), results_dir=a.results, verbose=a.verbose)
+        study_name=getattr(a, "study", None), results_dir=a.results, verbose=a.verbose,
+        reuse_actors=not a.no_reuse_actors)
+
+
+def quiet_optuna(verbose: int) -> None:
+    """Below ``--verbose 2``, Optuna's INFO lines (study created, ...) stay off the console."""
+    if verbose < 2:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def cmd_sweep(a: argparse.Namespace) -> None:
@@ -203,6 +213,7 @@ def cmd_sweep(a: argparse.Namespace) -> None:
 
     cfg = sweep_config(a, parse_scale(a.scale))
     cfg.scale = cfg.space.check_scale(cfg.scale)
+    quiet_optuna(a.verbose)
     result = run_sweep(cfg, address=a.address)
     print(format_summary(result))
     if result.law_after is not None:
@@ -232,9 +243,12 @@ def cmd_ladder(a: argparse.Namespace) -> None:
     from raylaw.sweep import format_summary, run_sweep
 
     space = SearchSpace.load(a.space)
-    for i, scale in enumerate(parse_scales(a.scales, space)):
+    scales = parse_scales(a.scales, space)
+    quiet_optuna(a.verbose)
+    for i, scale in enumerate(scales):
         cfg = sweep_config(a, scale)
-        print(f"\n### ladder step {i + 1}: " + ", ".join(f"{k}={v:g}" for k, v in scale.items()))
+        cfg.label = f"ladder step {i + 1} of {len(scales)}"
+        print(f"\n### {cfg.label}: " + ", ".join(f"{k}={v:g}" for k, v in scale.items()))
         result = run_sweep(cfg, address=a.address)
         print(format_summary(result))
     law = ScalingLaw.load(cfg.law_path)
@@ -260,8 +274,10 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search-space YAML file")
     p.add_argument("--law", help="law JSON file, read and refitted (default: SPACE_NAME.law.json)")
     p.add_argument("--samples", type=int, default=16, help="trials per sweep (default 16)")
-    p.add_argument("--store", default=DEFAULT_STORE,
-                   help="SQLAlchemy URL or SQLite path of the trial store")
+    p.add_argument("--store", default=os.environ.get("RAYLAW_STORE") or DEFAULT_STORE,
+                   help="SQLAlchemy URL or SQLite path of the trial store, e.g. "
+                   "postgresql+psycopg://USER@HOST/DB (default: $RAYLAW_STORE, else "
+                   f"{DEFAULT_STORE})")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an "
                    "embedded local Ray)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -288,7 +304,12 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the last unfinished sweep at this scale in the store")
     p.add_argument("--results", help="Ray Tune results directory (default: Ray's)")
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2],
+                   help="0: the summary only; 1 (default): a line per finished trial and a "
+                   "status line every 30 s; 2: Ray Tune's full output as well")
+    p.add_argument("--no-reuse-actors", action="store_true",
+                   help="a new worker process for every trial, for trainables that keep state "
+                   "between runs (by default a finished trial's worker runs the next trial)")
 
 
 def coverage_arg(v: str) -> float:

@@ -88,8 +88,10 @@ def optima_from_studies(storage: str | optuna.storages.BaseStorage, space: Searc
     Studies recorded at the same scale are pooled; studies whose ``space`` attribute names
     another search space, or with no scale, are skipped.
     """
-    if isinstance(storage, str):
-        storage = optuna.storages.get_storage(storage)
+    if isinstance(storage, str):  # as --store: postgresql:// is psycopg 3, one-line errors
+        from raylaw.store import open_store
+
+        storage = open_store(storage)
     names = list(study_names) if study_names is not None else [
         s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     by_scale: dict[tuple, list[pd.DataFrame]] = {}

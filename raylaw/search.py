@@ -12,6 +12,7 @@ that trains more than its fidelity says (the LM's cooldowns at rungs) reports th
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -45,15 +46,22 @@ class LawSearch(Searcher):
 
     ``constants`` (e.g. ``{"scale": {...}}``) are merged into every config. Trials already
     in the study but never finished (a crashed driver) are suggested again first, as the same
-    Optuna trial, so a resumed sweep runs each of them once more and records it once. The Tune
-    id of the trial that runs the law's prediction is added to ``keep`` (``LawASHA.keep``).
+    Optuna trial, so a resumed sweep runs each of them once more and records it once; when
+    ``experiment_dir`` (Tune's folder of this sweep) still holds the last checkpoint of its
+    earlier run, its config gets ``restore_from``, that checkpoint's directory. The Tune id of
+    the trial that runs the law's prediction is added to ``keep`` (``LawASHA.keep``).
+
+    A step of a learning curve holds the value of the latest run that reported it: a retried
+    trial (restored by Tune from its last checkpoint) or a rerun one repeats the steps after
+    that checkpoint, and their values replace the earlier run's, so the stored curve is the
+    one lineage of the model that finished.
     """
 
     def __init__(self, study: optuna.Study, distributions: dict[str, BaseDistribution],
                  metric: str, mode: str, constants: dict[str, Any] | None = None,
                  fidelity: str | None = None, budget: float | None = None,
                  resources: dict[str, float] | None = None,
-                 keep: set[str] | None = None) -> None:
+                 keep: set[str] | None = None, experiment_dir: str | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study = study
         self.distributions = distributions
@@ -63,23 +71,38 @@ class LawSearch(Searcher):
         self.resources = dict(resources or {})
         self.keep = keep if keep is not None else set()
         self._live: dict[str, optuna.Trial] = {}
-        self._steps: dict[int, set[int]] = {}  # steps reported per trial (Optuna warns on repeats)
+        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self.experiment_dir = experiment_dir
+        self._last: dict[int, tuple[int, float]] = {}  # the point written last, per trial
         self._rerun = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         self.counts = {"completed": 0, "stopped": 0, "diverged": 0, "errored": 0}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        extra = {}
         if self._rerun:  # an unfinished trial of an interrupted sweep: run it again, same record
-            trial = optuna.Trial(self.study, self._rerun.pop(0)._trial_id)
+            before = self._rerun.pop(0)
+            trial = optuna.Trial(self.study, before._trial_id)
+            for name, dist in self.distributions.items():  # as study.ask does: a driver
+                trial._suggest(name, dist)  # killed mid-ask left some unset (kept ones stay)
+            restore = last_checkpoint(self.experiment_dir, before.user_attrs.get(RAY_TRIAL_ATTR))
+            extra = {"restore_from": restore} if restore else {}
         else:
             trial = self.study.ask(self.distributions)
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        self.numbers[trial_id] = trial.number
         # the sampler marked it in the store (a Trial's own user_attrs are a cache of its own)
         if self.study._storage.get_trial_user_attrs(trial._trial_id).get(LAW_CENTER_ATTR):
             self.keep.add(trial_id)
         if self.resources:
             trial.set_user_attr("resources", self.resources)
         self._live[trial_id] = trial
-        return {**trial.params, **self.constants}
+        return {**trial.params, **self.constants, **extra}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study in the store is this searcher's whole state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: a resumed sweep reloads its study from the store."""
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         trial = self._live.get(trial_id)
@@ -96,10 +119,11 @@ class LawSearch(Searcher):
         step = result.get(self.fidelity) if self.fidelity else None
         if step is None:
             step = result.get("training_iteration", 0)
-        seen = self._steps.setdefault(trial._trial_id, set())
-        if int(step) not in seen:  # the last result comes again with on_trial_complete
-            seen.add(int(step))
-            trial.report(float(value), int(step))
+        point = (int(step), float(value))
+        if self._last.get(trial._trial_id) != point:  # the last result comes again at the end
+            self._last[trial._trial_id] = point
+            # not trial.report, which keeps a step's first value: a later run's replaces it
+            self.study._storage.set_trial_intermediate_value(trial._trial_id, *point)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -108,7 +132,7 @@ class LawSearch(Searcher):
             return
         if result:  # Tune hands the last result (where ASHA stopped it) only to this hook
             self._report(trial, result)
-        self._steps.pop(trial._trial_id, None)
+        self._last.pop(trial._trial_id, None)
         status = trial_status(result, error, self.metric, self.fidelity, self.budget)
         self.counts[status] += 1
         trial.set_user_attr(STATUS_ATTR, status)
@@ -125,3 +149,14 @@ class LawSearch(Searcher):
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
+
+
+def last_checkpoint(experiment_dir: str | None, tune_trial_id: str | None) -> str | None:
+    """The newest ``checkpoint_*`` directory of a Tune trial under ``experiment_dir``, if any.
+
+    Tune names a trial's folder ``<trainable>_<trial id>_<n>_<params>_<date>``."""
+    if not experiment_dir or not tune_trial_id or not Path(experiment_dir).is_dir():
+        return None
+    found = sorted(Path(experiment_dir).glob(f"*_{tune_trial_id}_*/checkpoint_*"),
+                   key=lambda p: p.name)
+    return str(found[-1]) if found else None

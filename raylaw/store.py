@@ -7,6 +7,7 @@ reads Optuna studies (optuna-dashboard, ``raylaw.optuna.law_from_studies``) sees
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -22,27 +23,72 @@ DEFAULT_STORE = "sqlite:///raylaw.db"
 STATE_ATTR = "raylaw_sweep"  # "running" or "finished"
 
 
+def store_url(url: str) -> str:
+    """The SQLAlchemy URL of a ``--store`` value: a plain path is a SQLite file, and
+    ``postgresql://`` means psycopg 3 (``raylaw[postgres]``) unless psycopg2 is installed."""
+    if "://" not in url:
+        return f"sqlite:///{url}"
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password masked, for messages."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return url
+
+
 def open_store(url: str) -> RDBStorage:
     """Open (creating if needed) the store at a SQLAlchemy URL, or fail with one clear line."""
-    if "://" not in url:
-        url = f"sqlite:///{url}"  # a plain path means a SQLite file
+    url = store_url(url)
+    where = f"--store {shown_url(url)}"
     if url.startswith("sqlite:///"):
         parent = Path(url[len("sqlite:///"):]).expanduser().resolve().parent
         if not parent.is_dir():
-            raise RaylawError(f"--store {url}: directory {parent} does not exist")
+            raise RaylawError(f"{where}: directory {parent} does not exist")
     for attempt in range(4):
         try:
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url),
-                              heartbeat_interval=None)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as e:
+            storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url),
+                                 heartbeat_interval=None)
+            if url.startswith("sqlite"):
+                sqlalchemy.event.listen(storage.engine, "connect", _sqlite_wal)
+                storage.engine.dispose()  # the connections opened so far: reopened with it
+            return storage
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError,
+                sqlalchemy.exc.ProgrammingError) as e:
             # two drivers creating a new store at once: the other one's tables or version row
             # appeared between Optuna's check and its CREATE/INSERT; the next try finds them
             if attempt == 3 or not _schema_race(e):
-                raise RaylawError(f"--store {url}: cannot open ({str(e).splitlines()[0]})") from e
+                raise RaylawError(f"{where}: cannot open ({_first_line(e)})") from e
             time.sleep(0.2 * (attempt + 1))
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-            raise RaylawError(f"--store {url}: cannot open ({str(e).splitlines()[0]})") from e
+        except ImportError as e:
+            hint = "; pip install 'raylaw[postgres]'" if url.startswith("postgresql") else ""
+            raise RaylawError(f"{where}: no database driver ({e}{hint})") from e
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError) as e:
+            raise RaylawError(f"{where}: cannot open ({_first_line(e)})") from e
     raise AssertionError("unreachable")
+
+
+def _sqlite_wal(dbapi_conn: Any, _record: Any) -> None:
+    """SQLite's write-ahead log: a commit is one fsync of the log instead of the default
+    journal's three (19 ms -> 4 ms a write here, about 1,000 writes in a 40-trial sweep), and
+    readers (optuna-dashboard, another sweep) no longer block the writer. Every commit is still
+    synced (synchronous=FULL). Like any SQLite store, it needs a local disk, not NFS."""
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+    finally:
+        cur.close()
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of a driver's error, without SQLAlchemy's '(driver.Error)' prefix."""
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _schema_race(e: Exception) -> bool:
@@ -54,6 +100,8 @@ def _schema_race(e: Exception) -> bool:
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):  # several sweeps may write one file: wait for the lock
         return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql+psycopg"):  # an unreachable host fails in seconds, not minutes
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
     return {"pool_pre_ping": True}
 
 
@@ -90,16 +138,21 @@ def create_sweep(storage: RDBStorage, space: Any, scale: dict[str, float], mode:
             study = optuna.load_study(study_name=previous[-1].study_name, storage=storage,
                                       sampler=sampler)
             return study, True
-    if name is None:
-        n = len(sweep_studies(storage, space.name, scale)) + 1
-        name = f"{space.name}[{scale_key(scale)}]#{n}"
     direction = "minimize" if mode == "min" else "maximize"
-    try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    direction=direction)
-    except optuna.exceptions.DuplicatedStudyError:
-        raise RaylawError(f"--study {name}: a sweep of that name exists in the store "
-                          "(use --resume to continue it, or another name)") from None
+    n = len(sweep_studies(storage, space.name, scale)) + 1
+    for attempt in range(20):
+        try:
+            study = optuna.create_study(
+                study_name=name or f"{space.name}[{scale_key(scale)}]#{n + attempt}",
+                storage=storage, sampler=sampler, direction=direction)
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            if name is not None:
+                raise RaylawError(f"--study {name}: a sweep of that name exists in the store "
+                                  "(use --resume to continue it, or another name)") from None
+            # another driver started a sweep at this scale at the same time: take the next number
+    else:
+        raise RaylawError(f"no free name for a new sweep at {scale_key(scale)} (tried 20)")
     study.set_user_attr(SPACE_ATTR, space.name)
     study.set_user_attr(SCALE_ATTR, dict(scale))
     study.set_user_attr(STATE_ATTR, "running")

@@ -32,6 +32,7 @@ from raylaw.store import (
     create_sweep,
     open_store,
     scale_key,
+    shown_url,
     sweep_studies,
 )
 
@@ -64,7 +65,9 @@ class SweepConfig:
     resume: bool = False
     study_name: str | None = None
     results_dir: str | None = None
-    verbose: int = 1
+    verbose: int = 1  # 0: the summary only; 1: a line per finished trial; 2: Ray Tune's output too
+    reuse_actors: bool = True  # a finished trial's worker process runs the next trial
+    label: str = ""  # starts the progress lines, e.g. "ladder step 2 of 5"
 
 
 @dataclass
@@ -206,7 +209,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
                        constants={"scale": scale, **({"rungs": rungs} if rungs else {}),
                                   **cfg.constants},
                        fidelity=space.fidelity, budget=budget, resources=resources,
-                       keep=getattr(scheduler, "keep", None))
+                       keep=getattr(scheduler, "keep", None),
+                       experiment_dir=_experiment_dir(cfg.results_dir, study.study_name))
     if remaining > 0:
         try:
             init_ray(address)
@@ -234,19 +238,27 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
     """Run the trials on Ray Tune with ``scheduler`` (ASHA on the space's fidelity, or None)."""
     from ray import tune
 
+    from raylaw.progress import SweepProgress, tune_console
+
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    progress = [SweepProgress(search, list(space.governed), total=cfg.samples,
+                              done=cfg.samples - remaining, label=cfg.label)
+                ] if cfg.verbose >= 1 else []
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, search_alg=search, scheduler=scheduler,
-            num_samples=remaining, max_concurrent_trials=cfg.max_concurrent),
+            num_samples=remaining, max_concurrent_trials=cfg.max_concurrent,
+            reuse_actors=cfg.reuse_actors),
         run_config=tune.RunConfig(
-            name=_safe(study.study_name), storage_path=cfg.results_dir, verbose=cfg.verbose,
+            name=_safe(study.study_name), storage_path=cfg.results_dir,
+            verbose=2 if cfg.verbose >= 2 else 0, callbacks=progress,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     try:
-        tuner.fit()
+        with tune_console(cfg.verbose):
+            tuner.fit()
     except Exception as e:  # noqa: BLE001 - Tune wraps trainable/contract errors
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "did not include the specified metric" in str(e):
@@ -284,7 +296,7 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
     # this scale's optimum as the law sees it (pooled with earlier sweeps at this scale)
     optimum = next((o for o in evidence if scale_key(o.scale) == scale_key(scale)), None)
     if evidence:
-        store_tag = f"store {cfg.store}"
+        store_tag = f"store {shown_url(cfg.store)}"  # never a password in the law file
         kept = [o for o in law.optima if o.source != store_tag]  # replaced by the store's
         tagged = [dataclasses.replace(o, source=store_tag) for o in evidence]
         after = ScalingLaw(law.space_name, {n: _fresh_term(t) for n, t in law.terms.items()},
@@ -353,6 +365,13 @@ def _sqlite_path(url: str) -> Path | None:
     if "://" not in url:
         return Path(url)
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def _experiment_dir(results_dir: str | None, study_name: str) -> str | None:
+    """Tune's folder for this sweep's trials (checkpoints a rerun trial continues from)."""
+    if results_dir and "://" in results_dir:
+        return None  # cloud storage: a rerun trial starts over
+    return str(Path(results_dir or "~/ray_results").expanduser() / _safe(study_name))
 
 
 def _safe(name: str) -> str:

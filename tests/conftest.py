@@ -39,3 +39,20 @@ def ray_local():
              configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server on 127.0.0.1 for the session (tests/pg_server.py);
+    each test asks it for a database of its own with ``postgres.url(name)``."""
+    from tests.pg_server import PostgresServer, server_bin_dir
+
+    bin_dir = server_bin_dir()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin "
+                    "or on PATH; .ci/run installs Debian's postgresql package")
+    server = PostgresServer(bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -76,3 +76,35 @@ def gpu_probe(config: dict) -> None:
     record = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
     Path(config["probe_dir"], f"{os.getpid()}-{start:.6f}.json").write_text(json.dumps(record))
     tune.report({"loss": 2.0 + config["lr"], "tokens": float(config["scale"]["D"])})
+
+
+def lm_crash_once(config: dict) -> None:
+    """The built-in LM (checkpointing every report), except that its first run crashes after
+    its third report and gives Tune only its first report's checkpoint: the retry continues from
+    there and repeats reports 2 and 3. Each run adds 0.001 x its number to the loss it reports
+    and writes its curve ({tokens: loss}) to ``marker_dir``/run<N>.json."""
+    import json
+    from pathlib import Path
+
+    from ray import tune
+
+    from raylaw.trainables import lm
+
+    marker = Path(config["marker_dir"]) / "crashed"
+    run = 2 if marker.exists() else 1
+    curve: dict[int, float] = {}
+
+    def report(metrics: dict, ckpt: str | None) -> None:
+        metrics = {**metrics, "loss": metrics["loss"] + 0.001 * run}
+        curve[int(metrics["tokens"])] = metrics["loss"]
+        Path(config["marker_dir"], f"run{run}.json").write_text(json.dumps(curve))
+        lm._ray_report(metrics, ckpt if run == 2 or len(curve) == 1 else None)
+        if run == 1 and len(curve) == 3:
+            marker.write_text("crashed once")
+            raise RuntimeError("crash after the third report")
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return lm.run({**config, "checkpoint_every": 0}, report)
+    with checkpoint.as_directory() as path:
+        return lm.run({**config, "checkpoint_every": 0}, report, checkpoint_dir=path)

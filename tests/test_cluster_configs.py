@@ -2,11 +2,13 @@
 
 * cluster/gpu-cluster.yaml validates against the JSON schema the installed Ray ships
   (ray/autoscaler/ray-schema.json, the one `ray up` uses) and passes Ray's own config
-  preparation + validation; it has a CPU head, a GPU worker type, installs raylaw[cluster]
-  and keeps the dashboard on 127.0.0.1.
+  preparation + validation; it has a CPU head, a GPU worker type, installs
+  raylaw[cluster,postgres], keeps the dashboard on 127.0.0.1 and exports the store's URL as
+  RAYLAW_STORE on the head.
 * cluster/rayjob.yaml is a KubeRay RayJob (ray.io/v1) that runs the sweep, tears the cluster
-  down afterwards, requests nvidia.com/gpu for its workers and mounts the volume that holds
-  the sweep's --store and --law on the pods that need them.
+  down afterwards, requests nvidia.com/gpu for its workers, gives the head the store's URL
+  from a Secret and mounts the volume that holds the sweep's --law and --results on the pods
+  that need them.
 * The local-cluster scripts parse, and stopping a cluster that is not running is a no-op.
 """
 
@@ -72,12 +74,6 @@ def sweep_args(command: str) -> dict[str, list[str]]:
     return flags
 
 
-def store_path(url: str) -> str:
-    """The file behind a SQLite URL (sqlite:////abs/path -> /abs/path)."""
-    assert url.startswith("sqlite:///"), url
-    return url[len("sqlite:///"):]
-
-
 def under(path: str, mount: str) -> bool:
     return os.path.commonpath([path, mount.rstrip("/") or "/"]) == (mount.rstrip("/") or "/")
 
@@ -119,9 +115,15 @@ def test_launcher_has_cpu_head_and_gpu_worker_type(launcher):
         assert t.get("max_workers", 0) <= launcher["max_workers"], name
 
 
+def extras(command: str) -> set[str]:
+    """The extras of raylaw a pip command installs (raylaw[cluster,postgres] -> both)."""
+    return {e.strip() for m in re.findall(r"raylaw\[([^\]]*)\]", command) for e in m.split(",")}
+
+
 def test_launcher_installs_raylaw_with_cluster_extra(launcher):
     cmds = launcher.get("setup_commands", []) + launcher.get("worker_setup_commands", [])
-    installs = [c for c in cmds if re.search(r"\bpip install\b", c) and "raylaw[cluster]" in c]
+    installs = [c for c in cmds if re.search(r"\bpip install\b", c)
+                and {"cluster", "postgres"} <= extras(c)]  # job server; the store's driver
     assert installs, cmds
     # setup_commands run on every node (head: driver; workers: trials)
     assert any(c in launcher.get("setup_commands", []) for c in installs)
@@ -160,13 +162,37 @@ def test_launcher_usage_comment_runs_the_sweep_through_the_tunnel(launcher):
     assert (ROOT / "search_spaces" / "lm.yaml").is_file()
     assert args["--scale"] == ["N=1e5", "D=2e6"]
     assert args["--gpus-per-trial"] == ["1"]
-    # store and law are on /shared, which the config creates and mounts into the container
-    assert under(store_path(args["--store"][0]), "/shared")
+    # the law is on /shared, which the config creates and mounts into the container; the
+    # store is RAYLAW_STORE (below), never a SQLite file there
+    assert "--store" not in args
     assert under(args["--law"][0], "/shared")
     assert any("mkdir -p /shared" in c for c in launcher["initialization_commands"])
     assert "-v /shared:/shared" in launcher["docker"]["run_options"]
     gpus = max(t["resources"].get("GPU", 0) for t in launcher["available_node_types"].values())
     assert float(args["--gpus-per-trial"][0]) <= gpus
+
+
+def test_launcher_store_url_from_an_env_var(launcher, monkeypatch):
+    head_start = " ".join(launcher["head_start_ray_commands"])
+    # exported before the head starts (jobs there inherit it), and Ray waits for it
+    export = head_start.index("export RAYLAW_STORE")
+    assert export < head_start.index("ray start --head")
+    assert "&& export RAYLAW_STORE && ray start --head" in head_start
+    assert "/raylaw/store-url" in head_start and "WithDecryption=True" in head_start
+    assert "postgresql" not in head_start  # the URL (a password) is not in the config
+    # ... and raylaw takes it as the store when --store is not given
+    monkeypatch.setenv("RAYLAW_STORE", "postgresql+psycopg://u@db.example/raylaw")
+    submit = next(ln for ln in LAUNCHER.read_text().splitlines() if "ray job submit" in ln)
+    assert parsed_sweep(submit.lstrip("# ")).store == "postgresql+psycopg://u@db.example/raylaw"
+
+
+def parsed_sweep(command: str):
+    """The sweep flags of a command line as raylaw's own parser reads them."""
+    from raylaw.cli import build_parser
+
+    words = shlex.split(command)
+    start = next(i for i in range(len(words)) if words[i:i + 4] == SWEEP.split())
+    return build_parser().parse_args(words[start + 3:])
 
 
 # ---------------------------------------------------------------- KubeRay RayJob
@@ -189,8 +215,23 @@ def test_rayjob_entrypoint_runs_the_sweep(rayjob):
     assert args["--space"] == ["search_spaces/lm.yaml"]
     assert args["--scale"] == ["N=1e5", "D=2e6"]
     assert float(args["--gpus-per-trial"][0]) >= 1
-    for flag in ("--store", "--law"):
-        assert len(args[flag]) == 1 and args[flag][0], flag
+    assert len(args["--law"]) == 1 and args["--law"][0]
+    assert "--store" not in args  # RAYLAW_STORE, from a Secret (below)
+
+
+def test_rayjob_store_url_from_a_secret(rayjob, monkeypatch):
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    (head,) = containers(cluster["headGroupSpec"])
+    env = {e["name"]: e for e in head.get("env", [])}
+    ref = env["RAYLAW_STORE"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] and ref["key"] and "value" not in env["RAYLAW_STORE"]
+    assert f"kubectl create secret generic {ref['name']}" in RAYJOB.read_text()
+    assert f"--from-literal={ref['key']}=" in RAYJOB.read_text()
+    for g in cluster["workerGroupSpecs"]:  # trials never open the store: only the driver does
+        assert all("RAYLAW_STORE" not in {e["name"] for e in c.get("env", [])}
+                   for c in containers(g))
+    monkeypatch.setenv("RAYLAW_STORE", "postgresql+psycopg://u:p@db/raylaw")
+    assert parsed_sweep(rayjob["spec"]["entrypoint"]).store == "postgresql+psycopg://u:p@db/raylaw"
 
 
 def test_rayjob_runtime_env_or_image(rayjob):
@@ -236,13 +277,12 @@ def test_rayjob_head_and_gpu_worker_group(rayjob):
         assert all(isinstance(v, str) for v in params.values()), params
 
 
-def test_rayjob_store_and_law_on_the_shared_volume(rayjob, manifests):
+def test_rayjob_law_and_results_on_the_shared_volume(rayjob, manifests):
     args = sweep_args(rayjob["spec"]["entrypoint"])
-    paths = [store_path(args["--store"][0]), args["--law"][0]]
-    paths += args.get("--results", [])
+    paths = [args["--law"][0]] + args.get("--results", [])
     pvcs = {d["metadata"]["name"]: d for d in manifests if d.get("kind") == "PersistentVolumeClaim"}
     cluster = rayjob["spec"]["rayClusterSpec"]
-    # the driver (head) reads/writes store and law; workers write Tune results (--results)
+    # the driver (head) reads/writes the law; workers write Tune results (--results)
     for group, needs in [(cluster["headGroupSpec"], paths)] + [
             (g, args.get("--results", [])) for g in cluster["workerGroupSpecs"]]:
         pod = group["template"]["spec"]

@@ -211,9 +211,12 @@ def tune_failures(results: Path) -> dict[str, int]:
     return counts
 
 
-def errored_trials(logs: str) -> set[str]:
-    """Tune trial ids from the driver's ``Trial bowl_<id> errored after ...`` lines."""
-    return set(re.findall(r"^Trial \w+?_([0-9a-f]{8}) errored after", logs, re.M))
+def errored_trials(logs: str, trials: list) -> set[str]:
+    """Tune trial ids of the trials that the driver's console says crashed and were retried
+    (raylaw's ``<number>  crashed, retried (k of n): ...`` lines, Optuna numbers)."""
+    numbers = {int(n) for n in re.findall(r"^\s*(\d+)\s+crashed, retried", logs, re.M)}
+    return {t.user_attrs["ray_trial_id"] for t in trials
+            if t.number in numbers and "ray_trial_id" in t.user_attrs}
 
 
 def training_on(pids: list[int]) -> list[int]:
@@ -234,7 +237,7 @@ def test_worker_node_crash_mid_sweep_loses_nothing(cluster, tmp_path):
 
     sid = cluster.submit(*sweep_args(
         tmp_path, "--gpus-per-trial", "1", "--config", "sleep=1.0", "--config", "reports=4",
-        "--max-failures", "3", samples=6))
+        "--max-failures", "3", "--verbose", "1", samples=6))
     # wait for 2 finished trials while a trial is running on the worker (all GPUs are there)
     deadline = time.monotonic() + 150
     while True:
@@ -261,15 +264,16 @@ def test_worker_node_crash_mid_sweep_loses_nothing(cluster, tmp_path):
     deadline = time.monotonic() + 90
     while True:
         logs = cluster.logs(sid)
-        hit = errored_trials(logs)
+        hit = errored_trials(logs, store_trials(tmp_path))
         if hit and mid_way <= hit:
             break
         if cluster.status(sid) in TERMINAL or time.monotonic() > deadline:
             pytest.fail(f"Tune reported no failed trial ({hit}, expected {mid_way}) in the job "
                         f"logs:\n{logs[-4000:]}")
         time.sleep(0.5)
-    # Ray says why: ActorDiedError once the GCS has marked the node dead, or, when the trial's
-    # call fails first on the closed connection, ActorUnavailableError (seen once in CI)
+    # Ray says why (the first crash in full): ActorDiedError once the GCS has marked the node
+    # dead, or, when the trial's call fails first on the closed connection,
+    # ActorUnavailableError (seen once in CI)
     assert ("because its node has died" in logs
             or ("ActorUnavailableError" in logs and "Socket closed" in logs)), logs[-4000:]
     assert cluster.status(sid) == "RUNNING"  # the driver is on the head and lives on
@@ -292,7 +296,7 @@ def test_worker_node_crash_mid_sweep_loses_nothing(cluster, tmp_path):
         assert a.user_attrs["raylaw_status"] in ("completed", "stopped"), (n, a.user_attrs)
         # the same Tune trial (the snapshot may have caught it before the searcher named it)
         assert t.user_attrs.get("ray_trial_id") in (None, a.user_attrs["ray_trial_id"])
-    hit = errored_trials(logs)
+    hit = errored_trials(logs, list(after.values()))
     by_id = {t.user_attrs["ray_trial_id"]: t for t in after.values()}
     assert hit <= set(by_id) and not hit & {t.user_attrs["ray_trial_id"] for t in before.values()}
     failures = tune_failures(tmp_path / "results")

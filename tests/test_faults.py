@@ -67,6 +67,65 @@ def test_resume_after_the_driver_is_killed(ray_local, tmp_path):
     assert study.user_attrs["raylaw_sweep"] == "finished"
 
 
+def test_a_trial_cut_off_mid_ask_is_rerun_with_all_its_parameters(tmp_path):
+    from raylaw.search import LawSearch
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    dists = SearchSpace.load(LM_SPACE).optuna_distributions()
+    cut = study.ask()  # the driver was killed after the first parameter was written
+    lr = cut.suggest_float("lr", dists["lr"].low, dists["lr"].high, log=True)
+    config = LawSearch(study, dists, "loss", "min", constants={"scale": {"N": 1.0}}).suggest("a")
+    assert set(config) == set(dists) | {"scale"} and config["lr"] == lr
+    assert study.trials[0].params == {k: config[k] for k in dists}  # the same record, completed
+
+
+def test_a_retried_lm_trial_continues_from_its_checkpoint_and_its_curve_is_one_run(
+        ray_local, tmp_path):
+    marker = tmp_path / "runs"
+    marker.mkdir()
+    args = sweep_args(tmp_path, "--config", f"marker_dir={json.dumps(str(marker))}",
+                      "--config", "eval_every=4", "--grace-fraction", "1", scale=("N=2e4", "D=6e4"),
+                      samples=1, trainable="tests.synthetic:lm_crash_once")
+    args[args.index("--max-failures") + 1] = "1"
+    assert main(args) == 0
+    (t,) = study_of(tmp_path).get_trials()
+    assert t.user_attrs["raylaw_status"] == "completed"
+    run1, run2 = ({int(k): v for k, v in json.loads((marker / f"run{i}.json").read_text()).items()}
+                  for i in (1, 2))
+    steps = sorted(run1)
+    assert len(run1) == 3 and min(run2) == steps[1]  # continued from report 1's checkpoint
+    assert sorted(t.intermediate_values) == sorted({*run1, *run2}) and len(run2) == 3
+    # the curve is the finished model's: report 1 from the run it continued from, the rest
+    # (reports 2 and 3 repeated, then 4) from the retry, none of the crashed run's repeats
+    assert t.intermediate_values == {steps[0]: run1[steps[0]], **run2}
+    assert t.value == run2[max(run2)]
+
+
+def test_a_rerun_trial_gets_its_last_checkpoint_and_repeated_steps_replace_earlier_ones(
+        tmp_path):
+    from raylaw.search import LawSearch
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    dists = SearchSpace.load(LM_SPACE).optuna_distributions()
+    cut = study.ask(dists)  # a trial of a killed driver, Tune id abc12345, 2 points reported
+    cut.set_user_attr("ray_trial_id", "abc12345")
+    for step, v in ((100, 3.0), (200, 2.5)):
+        cut.report(v, step)
+    exp = tmp_path / "experiment"
+    for c in ("checkpoint_000000", "checkpoint_000001"):  # Tune keeps the newest (num_to_keep)
+        (exp / "train_abc12345_1_lr=0.01_2026-01-01" / c).mkdir(parents=True)
+    (exp / "train_ffff0000_2_lr=0.02_2026-01-01" / "checkpoint_000009").mkdir(parents=True)
+    search = LawSearch(study, dists, "loss", "min", fidelity="tokens", budget=300,
+                       experiment_dir=str(exp))
+    config = search.suggest("new00001")
+    assert config["restore_from"].endswith("train_abc12345_1_lr=0.01_2026-01-01/checkpoint_000001")
+    search.on_trial_result("new00001", {"loss": 2.4, "tokens": 200})  # repeated after a restore
+    search.on_trial_complete("new00001", {"loss": 2.2, "tokens": 300})
+    (t,) = study.get_trials()
+    assert t.intermediate_values == {100: 3.0, 200: 2.4, 300: 2.2} and t.value == 2.2
+    assert "restore_from" not in LawSearch(study, dists, "loss", "min").suggest("x")  # a new one
+
+
 def test_resumed_asha_keeps_its_rung_results(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=storage)
@@ -125,9 +184,15 @@ def test_crashed_trial_is_retried_then_recorded_as_errored(ray_local, tmp_path, 
                       samples=3, trainable="tests.synthetic:flaky")
     (tmp_path / "a").mkdir()
     args[args.index("--max-failures") + 1] = "1"
-    assert main(args) == 0
+    assert main(args + ["--verbose", "1"]) == 0
     statuses = [t.user_attrs["raylaw_status"] for t in study_of(tmp_path / "a").get_trials()]
     assert "errored" not in statuses and len(statuses) == 3  # each crashed once, retried
+    out = capsys.readouterr().out  # the first crash in full, each retry in a line
+    assert out.count("crashed; its error in full") == 1, out
+    assert out.count('synthetic.py", line') == 1  # the trainable's own frame, once
+    crashed = {f"{t.params['lr']:.12g}" for t in study_of(tmp_path / "a").get_trials()}
+    assert out.count("crashed, retried (1 of 1): RuntimeError: first attempt crashes") == len(
+        crashed)  # (one marker per lr: a second trial at an lr does not crash)
     (tmp_path / "b").mkdir()
     marker2 = tmp_path / "markers2"
     marker2.mkdir()
@@ -294,3 +359,12 @@ def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
         assert not (tmp_path / "law.json").exists()
     else:
         assert (tmp_path / "law.json").read_bytes() == law_before
+
+
+def test_a_sqlite_store_keeps_a_write_ahead_log_and_syncs_every_commit(tmp_path):
+    from raylaw.store import open_store
+
+    storage = open_store(str(tmp_path / "s.db"))  # a plain path is a SQLite file
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL

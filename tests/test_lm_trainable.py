@@ -21,6 +21,7 @@ TINY = {
     "scale": {"N": 2e4, "D": 2e5},
     "eval_tokens": 8192,
     "threads": 1,  # tiny models gain little from threads, and lose a lot on a busy machine
+    "checkpoint_every": 0,  # a checkpoint with every report, for the tests that restore one
 }
 
 
@@ -124,6 +125,19 @@ def test_resume_continues_from_saved_step(tmp_path: Path) -> None:
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
     state = torch.load(tmp_path / "report1" / lm.CHECKPOINT_FILE, weights_only=True)
     assert state["step"] * config["batch_size"] * 128 == full[1]["tokens"]
+
+
+def test_checkpoints_every_so_many_seconds_and_at_the_end(tmp_path: Path, monkeypatch) -> None:
+    config = {**TINY, "scale": {"N": 2e4, "D": 1e5}, "eval_every": 8}
+    default = {k: v for k, v in config.items() if k != "checkpoint_every"}
+    _collect(default, keep=tmp_path / "default")  # a short run: its one checkpoint is the last
+    assert sorted(p.name for p in (tmp_path / "default").iterdir()) == ["report7"]
+    ticks = iter(range(10**6))  # a clock that moves 1 s each time it is read
+    monkeypatch.setattr(lm, "clock", lambda: float(next(ticks)))
+    reports = _collect({**config, "checkpoint_every": 2.5}, keep=tmp_path / "timed")
+    kept = sorted(int(p.name[len("report"):]) for p in (tmp_path / "timed").iterdir())
+    assert len(reports) == 8 and kept[-1] == 7 and 1 < len(kept) < 8, kept
+    assert all(b - a >= 2 for a, b in zip(kept, kept[1:]))  # 2.5 s apart, a read per report
 
 
 def test_resume_at_the_end_reports_once_more(tmp_path: Path) -> None:

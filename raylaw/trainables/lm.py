@@ -23,6 +23,7 @@ import os
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,11 @@ DEFAULT_COOLDOWN = 0.1
 DIVERGED_LOSS = 1e6  # loss reported for a diverged trial (finite, so schedulers can rank it)
 UNIFORM_LOSS = math.log(VOCAB)  # loss of a uniform byte predictor
 CHECKPOINT_FILE = "state.pt"
+# seconds between checkpoints (one more at the end): a checkpoint is there so that a retried or
+# resumed trial continues instead of starting over, and for a 1B-parameter model with AdamW
+# state it is ~12 GB, too much to write at each of a run's 16+ evaluations
+DEFAULT_CHECKPOINT_EVERY = 600.0
+clock = time.monotonic  # what checkpoint_every is measured with
 
 Reporter = Callable[[dict, "str | None"], None]
 _DATA_CACHE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -335,9 +341,12 @@ def cooled_loss(model: GPT, opt: torch.optim.Optimizer, steps: int, lr_from: flo
 def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> None:
     """Train one trial, calling ``report(metrics, checkpoint_dir)`` at every evaluation.
 
-    The checkpoint directory passed to ``report`` is only valid during the call (None when the
-    trial diverged). A run restored from ``checkpoint_dir`` continues from the saved step with
-    the saved model, optimizer and data-sampler state. Config keys besides the hyperparameters
+    A checkpoint comes with the report at the end of the run and with the first report at
+    least ``checkpoint_every`` seconds (config; default 600, 0: every report) after the last
+    one or the start; otherwise ``checkpoint_dir`` is None (always when the trial diverged),
+    and it is only valid during the call. A run restored from ``checkpoint_dir`` continues
+    from the saved step with the saved model, optimizer and data-sampler state. Config keys
+    besides the hyperparameters
     and ``scale``: ``seq_len``, ``n_layer`` (fixed depth: N sets the width alone), ``seed``
     (or ``init_seed`` and ``data_seed`` apart: the initialization and the data order),
     ``threads``, ``data``, ``eval_every`` (evaluations per run), ``eval_tokens`` and
@@ -384,13 +393,18 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
         step, best, train_loss = int(state["step"]), state["best"], state["train_loss"]
         extra = int(state.get("extra_steps", 0))
 
+    every = float(config.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
+    saved_at = clock()
+
     def send(loss: float, raw: float, diverged: bool) -> None:
-        """Report metrics at the current step, with a checkpoint unless the trial diverged."""
+        """Report metrics at the current step, with a checkpoint when one is due (above)."""
+        nonlocal saved_at
         metrics = {"loss": loss, "raw_loss": raw, "tokens": step * batch_size * seq_len,
                    "tokens_spent": (step + extra) * batch_size * seq_len}
         metrics.update(train_loss=_finite(train_loss), diverged=diverged, device=device)
-        if diverged:
+        if diverged or step < total_steps and clock() - saved_at < every:
             return report(metrics, None)
+        saved_at = clock()
         with tempfile.TemporaryDirectory(prefix="raylaw-lm-") as tmp:
             state = {"model": model.state_dict(), "optim": opt.state_dict(), "step": step}
             state.update(rng=gen.get_state(), best=best, train_loss=train_loss, extra_steps=extra)
@@ -466,13 +480,17 @@ def _ray_report(metrics: dict, checkpoint_dir: str | None) -> None:
 
 
 def train(config: dict) -> None:
-    """Ray Tune function trainable; resumes from ``tune.get_checkpoint()`` when there is one."""
+    """Ray Tune function trainable; continues from ``tune.get_checkpoint()`` (a retried trial)
+    or else from ``config["restore_from"]`` (a trial that ``--resume`` runs again) if given."""
     from ray import tune
 
-    # Ray logs a line per checkpoint (one per evaluation here), which buries the progress table
+    # Ray logs a line per checkpoint, which buries the progress lines
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
+        restore = config.get("restore_from")
+        if restore and Path(restore, CHECKPOINT_FILE).is_file():
+            return run(config, _ray_report, checkpoint_dir=restore)
         return run(config, _ray_report)
     with checkpoint.as_directory() as checkpoint_dir:
         return run(config, _ray_report, checkpoint_dir=checkpoint_dir)
