@@ -213,28 +213,31 @@ def run_cuda(args: argparse.Namespace) -> str:
     peak = statistics.median(peak_mm.rate(0.2) for _ in range(7))
     del peak_mm
     ablate = next((w for w in args.widths if w >= 768), args.widths[-1]) if args.ablate else None
-    rows = []
-    for width in args.widths:
-        n_layer = max(1, width // 64)
+    shape_rates, plan = {}, []
+    for width in args.widths:  # eager first, everywhere: compiling takes ~a minute per width
         mm = Matmul(args.batch_size * args.seq_len, width, 4 * width, args.device)
-        shape_rate = statistics.median(mm.rate(0.1) for _ in range(5))
+        shape_rates[width] = statistics.median(mm.rate(0.1) for _ in range(5))
         del mm
-        variants = {k: v for k, v in CUDA_VARIANTS.items()  # compiling takes ~a minute
-                    if not v["compile"] or width >= args.compile_from}
-        variants.update(ABLATIONS if width == ablate else {})
-        for name, variant in variants.items():
-            try:
-                r = measure_cuda(width, n_layer, variant, args)
-            except Exception as e:  # noqa: BLE001 - one variant failing must not end the run
-                print(f"width {width} {name}: FAILED ({type(e).__name__}: {e})", flush=True)
-                rows.append({"width": width, "n_layer": n_layer, "variant": name,
-                             "error": f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"})
-                continue
-            r.update(variant=name, shape_mm=shape_rate, mfu=r["median"] / peak)
-            rows.append(r)
-            print(f"width {width} {name}: {r['median'] / 1e12:.1f} TFLOP/s, MFU "
-                  f"{r['mfu']:.0%} of {peak / 1e12:.0f} TFLOP/s bf16 matmul, "
-                  f"{r['tokens_per_s']:,.0f} tokens/s (warm-up {r['warm_s']:.0f} s)", flush=True)
+        plan += [(width, "eager")] + [(width, a) for a in ABLATIONS if width == ablate]
+    plan += [(w, "compiled") for w in args.widths if w >= args.compile_from]
+    variants = {**CUDA_VARIANTS, **ABLATIONS}
+    rows = []
+    for width, name in plan:
+        n_layer = max(1, width // 64)
+        try:
+            r = measure_cuda(width, n_layer, variants[name], args)
+        except Exception as e:  # noqa: BLE001 - one variant failing must not end the run
+            print(f"width {width} {name}: FAILED ({type(e).__name__}: {e})", flush=True)
+            rows.append({"width": width, "n_layer": n_layer, "variant": name,
+                         "error": f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"})
+            continue
+        r.update(variant=name, shape_mm=shape_rates[width], mfu=r["median"] / peak)
+        rows.append(r)
+        print(f"width {width} {name}: {r['median'] / 1e12:.1f} TFLOP/s, MFU "
+              f"{r['mfu']:.0%} of {peak / 1e12:.0f} TFLOP/s bf16 matmul, "
+              f"{r['tokens_per_s']:,.0f} tokens/s (warm-up {r['warm_s']:.0f} s)", flush=True)
+        if not args.no_write:  # so far, in case the run is cut short
+            update_section(args.output, CUDA_SECTION, render_cuda(rows, args, peak))
     return render_cuda(rows, args, peak)
 
 

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,8 +31,6 @@ DRIVER_MEMORY = 256 * 2**20  # Ray memory resource a trial's driver reserves (it
 
 def in_train_worker() -> bool:
     """True inside a Ray Train worker (a ``train_loop_per_worker``), never starting Ray."""
-    import sys
-
     if "ray" not in sys.modules:
         return False
     import ray.train
@@ -62,8 +61,7 @@ def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
     if in_train_worker():
         import ray.train
 
-        for name in ("context", "storage"):  # a line per report and per checkpoint, per rank
-            logging.getLogger(f"ray.train.v2._internal.execution.{name}").setLevel(logging.WARNING)
+        _quiet_reports()
         rank0 = ray.train.get_context().get_world_rank() == 0
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if (
             rank0 and checkpoint_dir) else None
@@ -73,6 +71,16 @@ def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
 
     ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
     tune.report(metrics, checkpoint=ckpt)
+
+
+def _quiet_reports() -> None:
+    """Ray Train logs a line per report and per checkpoint on every rank (some of its loggers
+    are named by their file): keep its warnings only."""
+    for name in ("context", "storage"):
+        module = sys.modules.get(f"ray.train.v2._internal.execution.{name}")
+        for logger in (module.__name__, getattr(module, "__file__", None)) if module else ():
+            if logger:
+                logging.getLogger(logger).setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

@@ -428,7 +428,8 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     device = pick_device()
     cuda = device.startswith("cuda")
     if cuda:
-        torch.cuda.set_device(torch.device(device))
+        if torch.device(device).index is not None:  # a Ray Train worker's own GPU
+            torch.cuda.set_device(torch.device(device))
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
         torch.set_num_threads(int(config.get("threads") or assigned_cpus()))
