@@ -61,7 +61,7 @@ skip() {
 can_import() { "$PY" -c "import $1" >/dev/null 2>&1; }
 
 if command -v nvidia-smi >/dev/null 2>&1; then
-  stage nvidia-smi 20 nvidia-smi
+  stage nvidia-smi 15 nvidia-smi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
     >"$OUT_DIR/device.txt" 2>/dev/null
 else
@@ -78,17 +78,18 @@ if ! can_import optuna; then
 elif [ -n "$CPU" ]; then
   stage throughput 80 "$PY" bench/lm_throughput.py --rehearse --seconds 0.5 --window 0.3
 else
-  stage throughput 200 "$PY" bench/lm_throughput.py --device cuda --output "$OUT_DIR/throughput.md"
+  stage throughput 170 "$PY" bench/lm_throughput.py --device cuda --budget 150 \
+    --output "$OUT_DIR/throughput.md"
 fi
 
 if can_import ray.tune && can_import optuna; then
-  stage sweep 120 "$PY" bench/gpu_check.py sweep --out "$OUT_DIR" $CPU
+  stage sweep 110 "$PY" bench/gpu_check.py sweep --out "$OUT_DIR" $CPU
 else
   skip sweep "ray[tune] or optuna missing"
 fi
 
 if can_import optuna; then
-  stage optuna 60 "$PY" bench/gpu_check.py optuna --out "$OUT_DIR" $CPU
+  stage optuna 70 "$PY" bench/gpu_check.py optuna --out "$OUT_DIR" $CPU
 else
   skip optuna "optuna missing"
 fi

@@ -52,6 +52,7 @@ SHAPES = {128: 4, 256: 8}  # width -> depth (aspect ratio 32, what shape_for pre
 # what the trainable does on a GPU by default, then with torch.compile (config key compile)
 CUDA_VARIANTS = {"eager": {"autocast": True, "fused": True, "compile": False},
                  "compiled": {"autocast": True, "fused": True, "compile": True}}
+COMPILE_NEEDS_S = 75  # budget a compiled variant needs: compiling a 12-16 layer model ~a minute
 ABLATIONS = {"fp32 (tf32), foreach AdamW": {"autocast": False, "fused": False, "compile": False},
              "bf16, foreach AdamW": {"autocast": True, "fused": False, "compile": False}}
 
@@ -221,9 +222,15 @@ def run_cuda(args: argparse.Namespace) -> str:
         plan += [(width, "eager")] + [(width, a) for a in ABLATIONS if width == ablate]
     plan += [(w, "compiled") for w in args.widths if w >= args.compile_from]
     variants = {**CUDA_VARIANTS, **ABLATIONS}
-    rows = []
+    rows, t_start = [], time.perf_counter()
     for width, name in plan:
         n_layer = max(1, width // 64)
+        left = args.budget - (time.perf_counter() - t_start)
+        if left < (COMPILE_NEEDS_S if variants[name]["compile"] else 10):
+            print(f"width {width} {name}: skipped ({left:.0f} s of --budget left)", flush=True)
+            rows.append({"width": width, "n_layer": n_layer, "variant": name,
+                         "error": f"skipped: {left:.0f} s of the time budget left"})
+            continue
         try:
             r = measure_cuda(width, n_layer, variants[name], args)
         except Exception as e:  # noqa: BLE001 - one variant failing must not end the run
@@ -270,8 +277,9 @@ def render_cuda(rows: list[dict], args: argparse.Namespace, peak: float) -> str:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['width']} | {r['n_layer']} | | {r['variant']} | failed: "
-                         f"{r['error']} | | | | | |")
+            what = r["error"] if r["error"].startswith("skipped") else f"failed: {r['error']}"
+            lines.append(f"| {r['width']} | {r['n_layer']} | | {r['variant']} | {what} "
+                         "| | | | | |")
             continue
         lines.append(
             f"| {r['width']} | {r['n_layer']} | {r['params']:,} | {r['variant']} | {r['steps']} "
@@ -294,6 +302,8 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=1.0, help="seconds per timing window")
     parser.add_argument("--no-ablate", dest="ablate", action="store_false",
                         help="CUDA: skip the runs with autocast / fused AdamW turned off")
+    parser.add_argument("--budget", type=float, default=1e9, metavar="SECONDS",
+                        help="CUDA: start no variant past this many seconds of measuring")
     parser.add_argument("--compile-from", type=int, default=768, metavar="WIDTH",
                         help="CUDA: run the torch.compile variant at widths from WIDTH on")
     parser.add_argument("--rehearse", action="store_true",
