@@ -26,14 +26,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## GPU check (bench/gpu_check.sh)"
-# seconds per trial on one H200 (torch import and CUDA start included); 1e6 parameters, 4e6 bytes
-SCALE = ("N=1e6", "D=4e6")
+# seconds per trial on one H200 (torch import and CUDA start included): 1e6 parameters, 5e5
+# bytes; a batch of 1 sequence (the space's floor) is 3,900 steps, ~10 s (4e6 bytes: ~90 s)
+SCALE = ("N=1e6", "D=5e5")
 CPU_SCALE = ("N=2e4", "D=3e4")
 
 
 def run_sweep(out: Path, name: str, flags: list[str], scale: tuple[str, ...]) -> tuple[int, str]:
     """``python -m raylaw.tune sweep`` in its own process (its own embedded Ray); rc, log path."""
-    log = out / f"{name}.log"
+    log = out / f"{name}-run.log"  # {name}.log is the stage's own (the shell script's)
     args = [sys.executable, "-m", "raylaw.tune", "sweep", "--space", "search_spaces/lm.yaml",
             "--store", f"sqlite:///{out / name}.db", "--law", str(out / f"{name}.law.json"),
             "--results", str(out / f"{name}-results"), "--verbose", "1", *flags]
@@ -115,7 +116,7 @@ def stage_optuna(args: argparse.Namespace) -> dict:
     scale = CPU_SCALE if args.cpu else SCALE
     cmd = [sys.executable, "examples/optuna_lm.py", "--trials", "4" if args.cpu else "6",
            "--json", *(a for s in scale for a in ("--scale", s))]
-    log = args.out / "optuna.log"
+    log = args.out / "optuna-run.log"
     with log.open("w") as f:
         rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
     lines = log.read_text().splitlines()

@@ -4,6 +4,7 @@
 # Usage: bench/gpu_check.sh [--cpu]
 #   --cpu  rehearse every stage on a machine without a GPU (small, CPU trials), so the script
 #          itself is tested before a GPU lease is spent on it
+#   GPU_CHECK_STAGES="sweep optuna"  runs only those stages (default: all)
 #
 # Stages, each in its own processes under its own time limit (a failing or hanging stage does
 # not stop the others), in this order:
@@ -39,6 +40,7 @@ record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$OUT_DIR/stages.tsv"; }
 # a rehearsal on a small CPU machine gets 3 times as long
 stage() {
   local name=$1 limit=$2 t0=$SECONDS rc status
+  case " ${GPU_CHECK_STAGES:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   [ -n "$CPU" ] && limit=$((limit * 3))
   shift 2
   echo "=== $name (limit ${limit}s): $*"
@@ -54,6 +56,7 @@ stage() {
 }
 
 skip() {
+  case " ${GPU_CHECK_STAGES:-$1} " in *" $1 "*) ;; *) return 0 ;; esac
   echo "=== $1: SKIPPED ($2)"
   record "$1" "skipped: $2" 0
 }
@@ -83,13 +86,13 @@ else
 fi
 
 if can_import ray.tune && can_import optuna; then
-  stage sweep 110 "$PY" bench/gpu_check.py sweep --out "$OUT_DIR" $CPU
+  stage sweep 100 "$PY" bench/gpu_check.py sweep --out "$OUT_DIR" $CPU
 else
   skip sweep "ray[tune] or optuna missing"
 fi
 
 if can_import optuna; then
-  stage optuna 70 "$PY" bench/gpu_check.py optuna --out "$OUT_DIR" $CPU
+  stage optuna 90 "$PY" bench/gpu_check.py optuna --out "$OUT_DIR" $CPU
 else
   skip optuna "optuna missing"
 fi
