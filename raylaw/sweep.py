@@ -32,6 +32,7 @@ from raylaw.store import DEFAULT_STORE, STATE_ATTR, create_sweep, open_store, sw
 
 DEFAULT_TRAINABLE = "raylaw.trainables.lm:train"
 GRACE_FRACTION = 1 / 9  # ASHA's first rung, as a share of the budget
+_USER_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # the user's own, if any
 REDUCTION_FACTOR = 3  # ASHA promotes 1 in this many trials per rung
 
 
@@ -249,15 +250,21 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
     from ray import tune
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    limit = cfg.max_concurrent
-    if cfg.workers_per_trial:
-        from raylaw import workers
+    from raylaw import workers
 
-        k, cpus, gpus = cfg.workers_per_trial, cfg.cpus_per_trial, cfg.gpus_per_trial
+    limit, cpus, gpus = cfg.max_concurrent, cfg.cpus_per_trial, cfg.gpus_per_trial
+    if cfg.workers_per_trial:
+        k = cfg.workers_per_trial
         trainable = workers.train_driver(trainable, k, cpus, gpus, workers.train_storage(
             cfg.results_dir, _safe(study.study_name)))
         resources = {"memory": workers.DRIVER_MEMORY}  # the workers hold the CPUs and GPUs
         limit = limit or workers.max_concurrent(ray.nodes(), k, cpus, gpus)
+    if not _USER_PENDING:
+        # With a searcher, Tune starts the next trial only once the last one runs (1 pending
+        # trial): on one H200, trials that take ~10 s to start (torch, CUDA) at 0.25 GPU each
+        # then ran 2 at once, not 4. As many pending as fit the cluster now (or the limit).
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(
+            limit or workers.max_concurrent(ray.nodes(), 1, cpus, gpus))
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
