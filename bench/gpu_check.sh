@@ -81,7 +81,7 @@ if ! can_import optuna; then
 elif [ -n "$CPU" ]; then
   stage throughput 80 "$PY" bench/lm_throughput.py --rehearse --seconds 0.5 --window 0.3
 else
-  stage throughput 170 "$PY" bench/lm_throughput.py --device cuda --budget 150 \
+  stage throughput 150 "$PY" bench/lm_throughput.py --device cuda --budget 130 \
     --output "$OUT_DIR/throughput.md"
 fi
 
@@ -98,7 +98,7 @@ else
 fi
 
 if can_import ray.train.torch && can_import optuna; then
-  stage workers 90 "$PY" bench/gpu_check.py workers --out "$OUT_DIR" $CPU
+  stage workers 120 "$PY" bench/gpu_check.py workers --out "$OUT_DIR" $CPU
 else
   skip workers "ray[train] or optuna missing"
 fi

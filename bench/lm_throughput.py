@@ -285,6 +285,14 @@ def render_cuda(rows: list[dict], args: argparse.Namespace, peak: float) -> str:
             f"| {r['width']} | {r['n_layer']} | {r['params']:,} | {r['variant']} | {r['steps']} "
             f"| {r['tokens_per_s']:,.0f} | {r['median'] / 1e12:.1f} ({r['best'] / 1e12:.1f}) "
             f"| {r['mfu']:.1%} | {r['median'] / r['shape_mm']:.0%} | {r['warm_s']:.0f} |")
+    target = [r for r in rows if "error" not in r and r["width"] >= 768]
+    if target and args.device == "cuda":
+        best = max(target, key=lambda r: r["mfu"])
+        eager = [r["mfu"] for r in target if r["variant"] == "eager"]
+        lines += ["", f"Target (an H100/H200-class GPU): MFU >= 40% at width >= 768: "
+                  f"{'met' if best['mfu'] >= 0.4 else 'MISSED'}, best {best['mfu']:.1%} "
+                  f"({best['variant']}, width {best['width']}); eager "
+                  + ", ".join(f"{m:.1%}" for m in eager) + "."]
     return "\n".join(lines) + "\n"
 
 
