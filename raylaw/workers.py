@@ -3,10 +3,11 @@
 ``python -m raylaw.tune sweep ... --workers-per-trial K`` turns the trainable into a Ray Train
 ``train_loop_per_worker(config)``: the trial's Tune actor (the driver) starts a TorchTrainer with
 K workers, each asking Ray for ``--cpus-per-trial`` CPUs and ``--gpus-per-trial`` GPUs (so a
-trial holds K times as much), and forwards rank 0's reports to Tune (Ray's
-``TuneReportCallback``), where ASHA and the store see them as from any trial. The driver holds
-no CPU (only ``DRIVER_MEMORY`` of Ray's memory resource, so it never blocks a worker), and the
-sweep caps how many trials run at once by how many worker groups fit the cluster.
+trial holds K times as much), and hands rank 0's reports to Tune, where ASHA and the store see
+them as from any trial; the run waits for Tune's verdict on each, so a stopped trial's run ends
+and frees its workers at once. The driver holds no CPU (only ``DRIVER_MEMORY`` of Ray's memory
+resource, so it never blocks a worker), and the sweep caps how many trials run at once by how
+many worker groups fit the cluster.
 
 A worker loop reports through ``report`` (every rank calls it; rank 0's metrics and checkpoint
 count) and resumes from ``latest_checkpoint``: the same two calls work in a plain Tune function
@@ -40,15 +41,6 @@ def in_train_worker() -> bool:
     except (RuntimeError, DeprecationWarning):
         return False
     return True
-
-
-def world_rank() -> int:
-    """This worker's rank among its trial's workers (0 in a single-process trial)."""
-    if in_train_worker():
-        import ray.train
-
-        return ray.train.get_context().get_world_rank()
-    return 0
 
 
 def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:

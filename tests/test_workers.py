@@ -158,7 +158,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint_and_recorded_once(ray_lo
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
             for r in _records(probe):
-                if r["rank"] == 1 and r["last"] >= 2:
+                if r["rank"] == 1 and r["last"] >= 3:
                     os.kill(r["pid"], signal.SIGKILL)
                     killed.append(r)
                     return
@@ -167,7 +167,7 @@ def test_a_killed_worker_is_retried_from_its_checkpoint_and_recorded_once(ray_lo
     killer = threading.Thread(target=kill_rank1_mid_trial, daemon=True)
     killer.start()
     args = sweep_args(tmp_path, *WORKERS, "--config", f"probe_dir={json.dumps(str(probe))}",
-                      "--config", "reports=4", "--config", "sleep=1.0",
+                      "--config", "reports=5", "--config", "sleep=1.0",
                       "--grace-fraction", "1", samples=1, trainable="tests.synthetic:worker_probe")
     args[args.index("--max-failures") + 1] = "1"
     assert main(args) == 0
@@ -175,11 +175,12 @@ def test_a_killed_worker_is_retried_from_its_checkpoint_and_recorded_once(ray_lo
     assert killed, "no worker was killed"
     (t,) = trials(tmp_path)  # recorded once, completed
     assert t.state == TrialState.COMPLETE and t.user_attrs["raylaw_status"] == "completed"
-    assert sorted(t.intermediate_values) == [int(1e5 * i / 4) for i in range(1, 5)]
+    assert sorted(t.intermediate_values) == [int(1e5 * i / 5) for i in range(1, 6)]
     records = _records(probe)
     again = [r for r in records if r["first"] > 0]  # the retry resumed from a checkpoint
     assert len(again) == 2 and {r["rank"] for r in again} == {0, 1}
-    assert all(r["first"] >= 2 and r["last"] == 4 for r in again)
+    # from the last checkpoint the controller had registered (reports are asynchronous)
+    assert all(r["first"] >= 1 and r["last"] == 5 for r in again)
     assert killed[0]["pid"] not in {r["pid"] for r in again}
     failures = []
     for state in (tmp_path / "results").glob("*/experiment_state-*.json"):
@@ -197,7 +198,7 @@ def test_multi_worker_trials_never_oversubscribe_a_gpu(ray_local, tmp_path):
     assert main(sweep_args(tmp_path, *WORKERS, "--gpus-per-trial", "0.5",
                            "--max-concurrent", "3", "--grace-fraction", "1",
                            "--config", f"probe_dir={json.dumps(str(probe))}",
-                           "--config", "reports=2", "--config", "sleep=2.0",
+                           "--config", "reports=2", "--config", "sleep=1.5",
                            samples=3, trainable="tests.synthetic:worker_probe")) == 0
     records = _records(probe)
     assert len(records) == 6 and {r["size"] for r in records} == {2}
