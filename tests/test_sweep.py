@@ -133,7 +133,7 @@ def test_trials_that_start_slowly_still_start_together(ray_local, tmp_path):
     only once the last one runs, so at most 2 of them would overlap (seen on one H200 at 0.25
     GPU per trial); the sweep lets as many wait as fit, and the store shows all 4 at once."""
     assert main(sweep_args(tmp_path, "--cpus-per-trial", "0.5", "--grace-fraction", "1",
-                           "--config", "sleep=2.0", "--config", "reports=4", samples=4,
+                           "--config", "sleep=3.0", "--config", "reports=4", samples=4,
                            trainable="tests.slow_start:bowl")) == 0
     ts = trials(tmp_path)
     assert len(ts) == 4 and all(t.user_attrs["raylaw_status"] == "completed" for t in ts)

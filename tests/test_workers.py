@@ -198,7 +198,7 @@ def test_multi_worker_trials_never_oversubscribe_a_gpu(ray_local, tmp_path):
     assert main(sweep_args(tmp_path, *WORKERS, "--gpus-per-trial", "0.5",
                            "--max-concurrent", "3", "--grace-fraction", "1",
                            "--config", f"probe_dir={json.dumps(str(probe))}",
-                           "--config", "reports=2", "--config", "sleep=1.5",
+                           "--config", "reports=2", "--config", "sleep=2.5",
                            samples=3, trainable="tests.synthetic:worker_probe")) == 0
     records = _records(probe)
     assert len(records) == 6 and {r["size"] for r in records} == {2}
