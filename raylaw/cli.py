@@ -175,6 +175,8 @@ def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
         raise RaylawError(f"--samples {a.samples}: must be at least 1")
     if a.cpus_per_trial <= 0 or a.gpus_per_trial < 0:
         raise RaylawError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if a.workers_per_trial is not None and a.workers_per_trial < 1:
+        raise RaylawError(f"--workers-per-trial {a.workers_per_trial}: expected an integer >= 1")
     if not 0 < a.grace_fraction <= 1:
         raise RaylawError(f"--grace-fraction {a.grace_fraction:g}: expected a share of the "
                           "budget in (0, 1] (1 turns early stopping off)")
@@ -193,8 +195,8 @@ def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
         space=space, scale=scale, law_path=a.law or f"{space.name}.law.json", store=a.store,
         samples=a.samples, prior=None if a.prior == "none" else a.prior, coverage=a.coverage,
         cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
-        trainable=a.trainable, constants=constants, seed=a.seed,
-        max_concurrent=a.max_concurrent, max_failures=a.max_failures,
+        workers_per_trial=a.workers_per_trial, trainable=a.trainable, constants=constants,
+        seed=a.seed, max_concurrent=a.max_concurrent, max_failures=a.max_failures,
         grace_fraction=a.grace_fraction, reduction_factor=a.reduction_factor, resume=a.resume,
         study_name=getattr(a, "study", None), results_dir=a.results, verbose=a.verbose,
         reuse_actors=not a.no_reuse_actors)
@@ -280,8 +282,14 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_STORE})")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an "
                    "embedded local Ray)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0,
+                   help="CPUs of each trial (of each worker with --workers-per-trial)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs of each trial (of each worker with --workers-per-trial); "
+                   "fractions pack trials on a GPU")
+    p.add_argument("--workers-per-trial", type=int, metavar="K",
+                   help="run each trial as a Ray Train TorchTrainer of K workers (DDP); the "
+                   "trainable is then its train_loop_per_worker (docs/multi-worker.md)")
     p.add_argument("--trainable", help="module:function (default: the space's trainable)")
     p.add_argument("--prior", default="steplaw", choices=["steplaw", "none"],
                    help="prior for a law file that does not exist yet")

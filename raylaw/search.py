@@ -6,7 +6,8 @@ COMPLETE with a low-fidelity value; a diverged trial is FAIL with status ``diver
 crashed one FAIL with status ``errored``. The study's storage is the durable store: each
 result is written as it arrives, so a crash of the driver loses no finished trial. A trainable
 that trains more than its fidelity says (the LM's cooldowns at rungs) reports the total as
-``<fidelity>_spent``; it is kept as the trial's ``spent`` attribute.
+``<fidelity>_spent``; it is kept as the trial's ``spent`` attribute. When each trial ran (Tune's
+clock, seconds since the epoch) is kept as ``ran`` = [start, end].
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ class LawSearch(Searcher):
                 trial.set_user_attr("spent", float(spent))
         if result and isinstance(result.get("device"), str):
             trial.set_user_attr("device", result["device"])
+        if result and isinstance(result.get("timestamp"), (int, float)) and isinstance(
+                result.get("time_total_s"), (int, float)):  # Tune's own: when it ran
+            trial.set_user_attr("ran", [result["timestamp"] - result["time_total_s"],
+                                        float(result["timestamp"])])
         if status == "completed":
             self.study.tell(trial, float(result[self.metric]))
         elif status == "stopped":

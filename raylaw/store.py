@@ -158,3 +158,14 @@ def create_sweep(storage: RDBStorage, space: Any, scale: dict[str, float], mode:
     study.set_user_attr(STATE_ATTR, "running")
     study.set_user_attr("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     return study, False
+
+
+def most_at_once(trials: list) -> int:
+    """The most trials that ran at one instant, from their ``ran`` = [start, end] attributes."""
+    events = sorted((t, step) for tr in trials if "ran" in tr.user_attrs
+                    for t, step in ((tr.user_attrs["ran"][0], 1), (tr.user_attrs["ran"][1], -1)))
+    now = best = 0
+    for _, step in events:  # at equal times an end (-1) sorts before a start (+1)
+        now += step
+        best = max(best, now)
+    return best

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import math
 import os
 import socket
@@ -39,6 +40,7 @@ from raylaw.store import (
 DEFAULT_TRAINABLE = "raylaw.trainables.lm:train"
 RECOMMENDED_ATTR = "recommended"  # study user attribute: the sweep's answer
 GRACE_FRACTION = 1 / 9  # ASHA's first rung, as a share of the budget
+_USER_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # the user's own, if any
 REDUCTION_FACTOR = 3  # ASHA promotes 1 in this many trials per rung
 
 
@@ -53,8 +55,9 @@ class SweepConfig:
     samples: int = 16
     prior: str | None = "steplaw"
     coverage: float = 0.9
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0  # per worker with workers_per_trial
+    gpus_per_trial: float = 0.0  # per worker with workers_per_trial
+    workers_per_trial: int | None = None  # K: each trial a Ray Train TorchTrainer of K workers
     trainable: str | None = None
     constants: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -89,6 +92,7 @@ class SweepResult:
     center_value: float | None = None  # the metric the law's own prediction reached
     # the sweep's answer: the model's optimum with intervals (``LawSampler.recommendation``)
     recommended: dict[str, Any] | None = None
+    resources: dict[str, float] | None = None  # what each trial asked Ray for (per worker)
 
 
 def load_trainable(spec: str) -> Callable[[dict], Any]:
@@ -153,9 +157,14 @@ def loopback_ray_env(address: str | None) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None, dashboard: bool = False) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS, set under ``ray job submit``);
-    otherwise start an embedded local Ray that listens on 127.0.0.1 only."""
+    otherwise start an embedded local Ray that listens on 127.0.0.1 only.
+
+    ``dashboard``: the embedded Ray also serves its dashboard (on 127.0.0.1, when
+    ``ray[default]`` is installed), whose state API Ray Train's placement-group cleaner polls
+    (multi-worker trials); without it that cleaner logs a warning every second.
+    """
     loopback_ray_env(address)
     import ray
 
@@ -165,9 +174,18 @@ def init_ray(address: str | None) -> None:
     if address:
         check_address(address)
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                 configure_logging=False)
+        return
+    extra: dict[str, Any] = {"include_dashboard": False}
+    if dashboard and importlib.util.find_spec("aiohttp_cors") is not None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        extra = {"include_dashboard": True, "dashboard_host": "127.0.0.1",
+                 "dashboard_port": port}
+        # Ray's processes inherit it: their state-API calls go to this Ray, never to another
+        # Ray instance on the machine
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(address="local", _node_ip_address="127.0.0.1", configure_logging=False, **extra)
 
 
 def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
@@ -203,6 +221,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     distributions = space.optuna_distributions()
     budget = scale.get(space.budget) if space.budget else None
     resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    if cfg.workers_per_trial:
+        resources["workers"] = cfg.workers_per_trial  # cpu and gpu are then per worker
     scheduler = asha_scheduler(space, budget, cfg.grace_fraction, cfg.reduction_factor, study)
     rungs = asha_rungs(scheduler, budget)  # the trainable may evaluate there (and cool down)
     search = LawSearch(study, distributions, space.metric, space.mode,
@@ -213,7 +233,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
                        experiment_dir=_experiment_dir(cfg.results_dir, study.study_name))
     if remaining > 0:
         try:
-            init_ray(address)
+            init_ray(address, dashboard=bool(cfg.workers_per_trial))
             _run_tuner(cfg, space, study, search, scheduler, trainable, spec, resources,
                        remaining)
         except BaseException:
@@ -229,13 +249,17 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     if statuses == {"errored"}:  # recorded in the store, but nothing to learn from
         raise RaylawError(f"every trial of sweep {study.study_name} errored (--trainable "
                           f"{spec}; see the trial errors above)")
-    return _refit(cfg, space, scale, law, storage, study, prediction, resumed, sampler)
+    result = _refit(cfg, space, scale, law, storage, study, prediction, resumed, sampler)
+    result.resources = resources
+    return result
 
 
 def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search: Any,
                scheduler: Any, trainable: Callable, spec: str, resources: dict[str, float],
                remaining: int) -> None:
-    """Run the trials on Ray Tune with ``scheduler`` (ASHA on the space's fidelity, or None)."""
+    """Run the trials on Ray Tune with ``scheduler`` (ASHA on the space's fidelity, or None);
+    with ``workers_per_trial``, each trial drives a TorchTrainer (``raylaw.workers``)."""
+    import ray
     from ray import tune
 
     from raylaw.progress import SweepProgress, tune_console
@@ -244,17 +268,35 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
     progress = [SweepProgress(search, list(space.governed), total=cfg.samples,
                               done=cfg.samples - remaining, label=cfg.label)
                 ] if cfg.verbose >= 1 else []
+    from raylaw import workers
+
+    limit, cpus, gpus = cfg.max_concurrent, cfg.cpus_per_trial, cfg.gpus_per_trial
+    if cfg.workers_per_trial:
+        k = cfg.workers_per_trial
+        trainable = workers.train_driver(trainable, k, cpus, gpus, workers.train_storage(
+            cfg.results_dir, _safe(study.study_name)))
+        resources = {"memory": workers.DRIVER_MEMORY}  # the workers hold the CPUs and GPUs
+        limit = limit or workers.max_concurrent(ray.nodes(), k, cpus, gpus)
+    if not _USER_PENDING:
+        # With a searcher, Tune starts the next trial only once the last one runs (1 pending
+        # trial): on one H200, trials that take ~10 s to start (torch, CUDA) at 0.25 GPU each
+        # then ran 2 at once, not 4. As many pending as fit the cluster now (or the limit).
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(
+            limit or workers.max_concurrent(ray.nodes(), 1, cpus, gpus))
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, search_alg=search, scheduler=scheduler,
-            num_samples=remaining, max_concurrent_trials=cfg.max_concurrent,
-            reuse_actors=cfg.reuse_actors),
+            num_samples=remaining, max_concurrent_trials=limit,
+            # a worker is reused for the next trial; a Train run's workers are not
+            reuse_actors=cfg.reuse_actors and not cfg.workers_per_trial),
         run_config=tune.RunConfig(
             name=_safe(study.study_name), storage_path=cfg.results_dir,
             verbose=2 if cfg.verbose >= 2 else 0, callbacks=progress,
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+            # a multi-worker trial's checkpoints are its Train run's, not Tune's
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_at_end=False if cfg.workers_per_trial else None)),
     )
     try:
         with tune_console(cfg.verbose):
@@ -382,6 +424,8 @@ def format_summary(r: SweepResult) -> str:
     """The end-of-sweep summary: prediction vs optimum, best trial, law before/after, cost."""
     lines = [f"\n== sweep {r.study_name}{' (resumed)' if r.resumed else ''} ==",
              "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()))]
+    if r.resources:
+        lines.append(resources_line(r.resources))
     if r.best_value is not None:
         lines.append(f"best trial: {r.best_value:.5g}  " + ", ".join(
             f"{k}={_fmt(v)}" for k, v in r.best_params.items()))
@@ -424,6 +468,15 @@ def format_summary(r: SweepResult) -> str:
         lines.append(f"tokens trained: {r.tokens_trained:.3g} vs {r.tokens_full:.3g} for a "
                      f"full-length run of every trial ({r.tokens_trained / r.tokens_full:.0%})")
     return "\n".join(lines)
+
+
+def resources_line(res: dict[str, float]) -> str:
+    """What each trial asked Ray for, e.g. "2 workers x (0.5 CPU, 0 GPU)" per trial."""
+    each = f"{res['cpu']:g} CPU, {res['gpu']:g} GPU"
+    if res.get("workers"):
+        return (f"resources per trial: {res['workers']:g} Ray Train workers x ({each}) "
+                f"= {res['workers'] * res['cpu']:g} CPU, {res['workers'] * res['gpu']:g} GPU")
+    return f"resources per trial: {each}"
 
 
 def _fmt(v: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,9 @@ def postgres():
         yield server.start()
     finally:
         server.stop()
+
+
+# Ray Train's controller polls its workers every 2 s by default; a run's reports and its end
+# then wait that long, which adds up over the multi-worker tests' short trials. Set before Ray
+# starts, so every Ray process inherits it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")

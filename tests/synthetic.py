@@ -1,7 +1,9 @@
 """A fast synthetic trainable for sweep tests: a learning-curve bowl over (lr, batch_size).
 
 It follows the trainable contract of the built-in LM: report the metric and ``tokens`` seen
-(up to D), and end a diverging trial with ``diverged=True`` and a finite loss.
+(up to D), and end a diverging trial with ``diverged=True`` and a finite loss. Reporting through
+``raylaw.workers.report``, each also runs as the ``train_loop_per_worker`` of a multi-worker
+trial (``--workers-per-trial``): every rank reports, rank 0's metrics count.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 
 def bowl(config: dict) -> None:
     """loss = 2 + curvature around lr* = 0.01 (N/1e5)^-0.5, bs* = 16, decaying with tokens."""
-    from ray import tune
+    from raylaw.workers import report
 
     d = float(config["scale"]["D"])
     n = float(config["scale"]["N"])
@@ -27,9 +29,9 @@ def bowl(config: dict) -> None:
         time.sleep(float(config.get("sleep", 0.0)))
         # diverge at the first report, before ASHA can stop the trial for its (bad) loss
         if config.get("diverge_above") is not None and lr > config["diverge_above"]:
-            tune.report({"loss": 1e6, "tokens": tokens, "diverged": True})
+            report({"loss": 1e6, "tokens": tokens, "diverged": True})
             return
-        tune.report({"loss": final + 1.0 / i, "tokens": tokens, "diverged": False})
+        report({"loss": final + 1.0 / i, "tokens": tokens, "diverged": False})
 
 
 def silent(config: dict) -> None:
@@ -89,6 +91,7 @@ def lm_crash_once(config: dict) -> None:
     from ray import tune
 
     from raylaw.trainables import lm
+    from raylaw.workers import report as report_to_ray
 
     marker = Path(config["marker_dir"]) / "crashed"
     run = 2 if marker.exists() else 1
@@ -98,7 +101,7 @@ def lm_crash_once(config: dict) -> None:
         metrics = {**metrics, "loss": metrics["loss"] + 0.001 * run}
         curve[int(metrics["tokens"])] = metrics["loss"]
         Path(config["marker_dir"], f"run{run}.json").write_text(json.dumps(curve))
-        lm._ray_report(metrics, ckpt if run == 2 or len(curve) == 1 else None)
+        report_to_ray(metrics, ckpt if run == 2 or len(curve) == 1 else None)
         if run == 1 and len(curve) == 3:
             marker.write_text("crashed once")
             raise RuntimeError("crash after the third report")
@@ -108,3 +111,39 @@ def lm_crash_once(config: dict) -> None:
         return lm.run({**config, "checkpoint_every": 0}, report)
     with checkpoint.as_directory() as path:
         return lm.run({**config, "checkpoint_every": 0}, report, checkpoint_dir=path)
+
+
+def worker_probe(config: dict) -> None:
+    """A ``train_loop_per_worker`` that records where each rank ran and resumes from its
+    checkpoint: ``reports`` reports ``sleep`` s apart (loss as ``bowl`` would end, plus 1/i),
+    rank 0 checkpointing its step; every rank keeps one JSON record per process in
+    ``probe_dir`` (pid, rank, node, its own GPU ids, the step it started from, start / end times),
+    rewritten after every report so a killed worker leaves its last state."""
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import ray
+    import ray.train
+
+    from raylaw.workers import latest_checkpoint, report
+
+    ctx, rt = ray.train.get_context(), ray.get_runtime_context()
+    with latest_checkpoint() as ckpt:
+        first = int(Path(ckpt, "step").read_text()) if ckpt else 0
+    record = {"pid": os.getpid(), "rank": ctx.get_world_rank(), "size": ctx.get_world_size(),
+              "node": rt.get_node_id(), "gpus": rt.get_accelerator_ids().get("GPU", []),
+              "trial": config["lr"], "first": first, "start": time.time(), "end": None,
+              "last": first}
+    path = Path(config["probe_dir"], f"{os.getpid()}.json")
+    path.write_text(json.dumps(record))
+    d, reports = float(config["scale"]["D"]), int(config.get("reports", 4))
+    for i in range(first + 1, reports + 1):
+        time.sleep(float(config.get("sleep", 0.5)))
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "step").write_text(str(i))
+            report({"loss": 2.0 + float(config["lr"]) + 1.0 / i, "tokens": d * i / reports},
+                   tmp)
+        record.update(end=time.time(), last=i)
+        path.write_text(json.dumps(record))

@@ -13,10 +13,12 @@ cluster/stop_local.sh however the tests end, after which no process of it may be
    trial (``--max-failures``), and the retries wait for GPUs until a worker joins again
    (``start_local.sh --worker``). Trials finished before the crash are untouched in the store,
    the interrupted ones are retried as the same Optuna trials and finish, none is lost.
+3. A sweep of 2-worker trials (``--workers-per-trial 2``) whose workers each need 2 CPUs, a
+   whole node: every trial's workers run on both nodes, in one gloo process group.
 
 The tests run in file order (the second restarts the worker). ~65-80 s on this 2-core machine
-under other people's load (cluster start ~10-15 s, job ~17 s, crash ~35 s, stop ~5 s); ~4 min
-when both cores are saturated.
+under other people's load (cluster start ~10-15 s, job ~17 s, crash ~35 s, stop ~5 s), plus
+~45 s for the 2-worker sweep; ~5 min when both cores are saturated.
 """
 
 from __future__ import annotations
@@ -137,7 +139,9 @@ def cluster():
                RAYLAW_START_TIMEOUT="90", RAYLAW_STOP_GRACE="10",
                # the GCS declares a crashed (SIGKILLed) node dead after ~1.5 s, not ~15 s;
                # a live but busy raylet still has the default 10 s to answer each check
-               RAY_health_check_period_ms="500", RAY_health_check_failure_threshold="3")
+               RAY_health_check_period_ms="500", RAY_health_check_failure_threshold="3",
+               # Ray Train's controller polls its workers every 0.25 s, not 2 s (tests/conftest)
+               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25")
     c = Cluster(base, gcs, dash, env)
     try:
         c.script("start_local.sh")
@@ -304,3 +308,26 @@ def test_worker_node_crash_mid_sweep_loses_nothing(cluster, tmp_path):
     # one failure (the crash) and one successful retry each; nobody else failed
     assert {k for k, v in failures.items() if v} == hit and set(failures.values()) <= {0, 1}
     assert "law version 1 written" in logs, logs[-3000:]
+
+
+def test_a_trials_workers_span_both_nodes(cluster, tmp_path):
+    from optuna.trial import TrialState
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    sid = cluster.submit(*sweep_args(
+        tmp_path, "--workers-per-trial", "2", "--cpus-per-trial", "2",
+        "--trainable", "tests.synthetic:worker_probe", "--grace-fraction", "1",
+        "--config", f"probe_dir={json.dumps(str(probe))}", "--config", "reports=2",
+        "--config", "sleep=0.5", samples=2))
+    logs = cluster.wait(sid, timeout=240)
+    assert "2 Ray Train workers x (2 CPU, 0 GPU)" in logs, logs[-3000:]
+    ts = store_trials(tmp_path)
+    assert len(ts) == 2 and all(t.state == TrialState.COMPLETE for t in ts)
+    records = [json.loads(p.read_text()) for p in probe.glob("*.json")]
+    by_trial: dict = {}
+    for r in records:
+        by_trial.setdefault(r["trial"], []).append(r)
+    assert len(by_trial) == 2
+    for rs in by_trial.values():  # rank 0 and rank 1, one on each node
+        assert sorted(r["rank"] for r in rs) == [0, 1] and len({r["node"] for r in rs}) == 2

@@ -18,6 +18,7 @@ from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
 from raylaw.history import versions
 from raylaw.optuna import LawSampler
+from raylaw.store import most_at_once
 from tests.conftest import LM_SPACE, ROOT
 
 pytestmark = pytest.mark.ray
@@ -124,6 +125,19 @@ def test_asha_never_stops_the_laws_prediction(ray_local, tmp_path):
     assert kept[0].value > 10  # the worst trial at every rung, trained to the end all the same
     statuses = [t.user_attrs["raylaw_status"] for t in ts]
     assert "stopped" in statuses, statuses  # the others are still ASHA's to stop
+
+
+def test_trials_that_start_slowly_still_start_together(ray_local, tmp_path):
+    """Each trial's process takes 4 s to import its trainable (as torch and CUDA take ~10 s on a
+    GPU node); 4 trials fit at once (0.5 CPU each). Tune, left to itself, starts the next trial
+    only once the last one runs, so at most 2 of them would overlap (seen on one H200 at 0.25
+    GPU per trial); the sweep lets as many wait as fit, and the store shows all 4 at once."""
+    assert main(sweep_args(tmp_path, "--cpus-per-trial", "0.5", "--grace-fraction", "1",
+                           "--config", "sleep=3.0", "--config", "reports=4", samples=4,
+                           trainable="tests.slow_start:bowl")) == 0
+    ts = trials(tmp_path)
+    assert len(ts) == 4 and all(t.user_attrs["raylaw_status"] == "completed" for t in ts)
+    assert most_at_once(ts) == 4, [t.user_attrs["ran"] for t in ts]
 
 
 def test_diverging_and_crashing_trials_do_not_fail_the_sweep(ray_local, tmp_path):

@@ -8,7 +8,10 @@ the run length from D (training tokens), so the same search space can be swept a
 At ASHA's rungs (config ``rungs``, passed by the sweep) the loss is measured after a short
 cooldown on a copy of the run, so trials are compared as they would end, not mid-schedule.
 
-Use ``train`` under Ray Tune (``raylaw.trainables.lm:train``) or ``run`` with any reporter.
+Use ``train`` under Ray Tune (``raylaw.trainables.lm:train``), where it is also the
+``train_loop_per_worker`` of a multi-worker trial (Ray Train, DDP: every rank trains on its own
+shard of each batch), or ``run`` with any reporter. On CUDA it trains in bf16 autocast with fused
+AdamW (optionally ``torch.compile``) on data that stays on the device.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -56,7 +61,37 @@ DEFAULT_CHECKPOINT_EVERY = 600.0
 clock = time.monotonic  # what checkpoint_every is measured with
 
 Reporter = Callable[[dict, "str | None"], None]
-_DATA_CACHE: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_DATA_CACHE: dict[tuple[str, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the data-parallel ranks of one trial (1 rank by default)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def current(cls) -> World:
+        """The torch.distributed process group's rank and size (Ray Train sets it up)."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks (a copy; ``t`` itself when there is one rank)."""
+        if self.size == 1:
+            return t
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    def share(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` rows (shares differ by one row at most)."""
+        return slice(self.rank * n // self.size, (self.rank + 1) * n // self.size)
+
+
+SOLO = World()  # a single process
 
 
 # ----------------------------------------------------------------------------------- model shape
@@ -175,13 +210,18 @@ def _corpus_files(path: str | None) -> tuple[Path, list[Path]]:
     return root, sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def load_data(path: str | None = None, cap: int = DATA_CAP) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) uint8 byte tensors, read once per process and cached.
+def load_data(path: str | None = None, cap: int = DATA_CAP,
+              device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) uint8 byte tensors on ``device``, read once per process and cached.
 
     Files go to validation when the md5 of their relative path is 0 mod 20 (about 5%); a single
     file (or a split that leaves either side empty) uses its last 5% as validation instead.
+    On a GPU the whole corpus (at most 30 MiB) stays in device memory, so batches never cross
+    from the host.
     """
-    key = (str(path), cap)
+    key = (str(path), cap, str(device))
+    if key not in _DATA_CACHE and device != "cpu":
+        _DATA_CACHE[key] = tuple(t.to(device) for t in load_data(path, cap))  # type: ignore
     if key not in _DATA_CACHE:
         root, files = _corpus_files(path)
         parts: dict[bool, list[bytes]] = {False: [], True: []}
@@ -207,31 +247,38 @@ def load_data(path: str | None = None, cap: int = DATA_CAP) -> tuple[torch.Tenso
 
 
 def get_batch(
-    data: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator
+    data: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator,
+    rows: slice = slice(None),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random (inputs, targets) windows of ``seq_len`` bytes drawn with ``gen``."""
-    starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), generator=gen)
-    buf = data[starts + torch.arange(seq_len + 1)].long()
+    """Random (inputs, targets) windows of ``seq_len`` bytes drawn with ``gen``, on the data's
+    device (``gen`` must be on it too); ``rows``: the part of the batch to return (a rank's
+    share), the whole batch drawn all the same so every rank's generator stays in step."""
+    starts = torch.randint(len(data) - seq_len - 1, (batch_size, 1), generator=gen,
+                           device=data.device)[rows]
+    buf = data[starts + torch.arange(seq_len + 1, device=data.device)].long()
     return buf[:, :-1], buf[:, 1:]
 
 
 @torch.no_grad()
-def evaluate(model: GPT, val: torch.Tensor, n_tokens: int, seq_len: int, device: str, ctx) -> float:
+def evaluate(model: GPT, val: torch.Tensor, n_tokens: int, seq_len: int, device: str, ctx,
+             world: World = SOLO) -> float:
     """Mean cross-entropy (nats per byte) on a fixed validation slice.
 
     The slice is ``n_tokens // seq_len`` windows spread evenly over the validation bytes, the
-    same for every trial with the same corpus and sequence length.
+    same for every trial with the same corpus and sequence length. With several ranks each
+    scores its share of the windows and the sums are added up.
     """
     n = max(1, n_tokens // seq_len)
-    starts = torch.linspace(0, len(val) - seq_len - 1, n).long().unique()
-    buf = val[starts[:, None] + torch.arange(seq_len + 1)].long()
+    starts = torch.linspace(0, len(val) - seq_len - 1, n).long().unique().to(val.device)
+    buf = val[starts[:, None] + torch.arange(seq_len + 1, device=val.device)].long()
+    mine = buf[world.share(len(buf))]
     total, chunk = torch.zeros((), device=device), max(1, 2**14 // seq_len)
-    for i in range(0, len(buf), chunk):
-        part = buf[i : i + chunk].to(device)
+    for i in range(0, len(mine), chunk):
+        part = mine[i : i + chunk].to(device)
         with ctx:
             loss = model(part[:, :-1], part[:, 1:])
         total += loss.float() * len(part)
-    return (total / len(buf)).item()
+    return (world.sum(total) / len(buf)).item()
 
 
 # -------------------------------------------------------------------------------------- training
@@ -246,17 +293,19 @@ def lr_at(step: int, total_steps: int, peak: float, warmup: float) -> float:
     return peak * (MIN_LR + (1 - MIN_LR) / 2 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with decay on matrices only (not on LayerNorm gains); fused kernel when available."""
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                   fused: bool = True) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (not on LayerNorm gains); the fused kernel when
+    available and ``fused``, else the multi-tensor (foreach) one."""
     params = list(model.parameters())
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    try:
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=True)
+    if fused:
+        with contextlib.suppress(RuntimeError, TypeError, ValueError):
+            return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), foreach=True)
 
 
 def report_steps(total_steps: int, n_reports: int) -> list[int]:
@@ -298,30 +347,50 @@ def pick_device() -> str:
     """"cuda" when a GPU is visible and the trial was given one (or runs outside Ray), else "cpu".
 
     A trial that asked Ray for no GPU stays on the CPU even on a GPU node, so CPU trials never
-    crowd the GPUs that other trials were promised.
+    crowd the GPUs that other trials were promised. A Ray Train worker gets its own GPU among
+    the ones its node's workers see ("cuda:1", ...).
     """
-    return "cuda" if torch.cuda.is_available() and assigned_gpus() != 0 else "cpu"
+    if not (torch.cuda.is_available() and assigned_gpus() != 0):
+        return "cpu"
+    from raylaw.workers import in_train_worker
+
+    if in_train_worker():
+        from ray.train.torch import get_device
+
+        return str(get_device())
+    return "cuda"
 
 
 def train_step(
-    model: GPT, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float, ctx
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
+    ctx, share: float = 1.0, world: World = SOLO,
 ) -> torch.Tensor:
-    """One AdamW step at learning rate ``lr`` with gradients clipped to norm 1; returns the loss."""
+    """One AdamW step at learning rate ``lr`` with gradients clipped to norm 1; returns the loss.
+
+    With several ranks (``model`` wrapped in DDP, which averages gradients over them), ``share``
+    is this rank's fraction of the batch: the gradient is the whole batch's mean, and the
+    returned loss this rank's part of it (the ranks' parts add up to the batch's mean loss).
+    """
     for group in opt.param_groups:
         group["lr"] = lr
     with ctx:
         loss = model(x, y)
-    loss.backward()
+    if world.size > 1:
+        loss = loss * share
+        (loss * world.size).backward()
+    else:
+        loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss.detach().float()
 
 
-def cooled_loss(model: GPT, opt: torch.optim.Optimizer, steps: int, lr_from: float,
-                lr_to: float, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-                evaluate_fn: Callable[[], float], ctx) -> float:
-    """Validation loss after ``steps`` more steps with lr falling linearly to ``lr_to``.
+def cooled_loss(model: nn.Module, opt: torch.optim.Optimizer, steps: int, lr_from: float,
+                lr_to: float, step: Callable[[float], object],
+                evaluate_fn: Callable[[], float]) -> float:
+    """Validation loss after ``steps`` more calls of ``step(lr)`` (one training step on the next
+    batch) with lr falling linearly to ``lr_to``.
 
     The branch trains the live model and optimizer, then puts both back as they were, so the
     run itself goes on exactly as without it (a WSD-style cooldown used only to measure).
@@ -330,8 +399,7 @@ def cooled_loss(model: GPT, opt: torch.optim.Optimizer, steps: int, lr_from: flo
     saved_opt = copy.deepcopy(opt.state_dict())
     try:
         for i in range(steps):
-            x, y = batch()
-            train_step(model, opt, x, y, lr_from + (lr_to - lr_from) * (i + 1) / steps, ctx)
+            step(lr_from + (lr_to - lr_from) * (i + 1) / steps)
         return evaluate_fn()
     finally:
         model.load_state_dict(saved_model)
@@ -343,28 +411,39 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
 
     A checkpoint comes with the report at the end of the run and with the first report at
     least ``checkpoint_every`` seconds (config; default 600, 0: every report) after the last
-    one or the start; otherwise ``checkpoint_dir`` is None (always when the trial diverged),
-    and it is only valid during the call. A run restored from ``checkpoint_dir`` continues
-    from the saved step with the saved model, optimizer and data-sampler state. Config keys
-    besides the hyperparameters
-    and ``scale``: ``seq_len``, ``n_layer`` (fixed depth: N sets the width alone), ``seed``
-    (or ``init_seed`` and ``data_seed`` apart: the initialization and the data order),
-    ``threads``, ``data``, ``eval_every`` (evaluations per run), ``eval_tokens`` and
-    ``final_eval_tokens`` (validation bytes of each / the last one),
+    one or the start; otherwise ``checkpoint_dir`` is None (always when the trial diverged, and
+    on every rank but 0), and it is only valid during the call. A run restored from
+    ``checkpoint_dir`` continues from the saved step with the saved model, optimizer and
+    data-sampler state. Config keys besides the hyperparameters and ``scale``: ``seq_len``,
+    ``n_layer`` (fixed depth: N sets the width alone), ``seed`` (or ``init_seed`` and
+    ``data_seed`` apart: the initialization and the data order), ``threads``, ``data``,
+    ``eval_every`` (evaluations per run), ``eval_tokens`` and ``final_eval_tokens``
+    (validation bytes of each / the last one), ``checkpoint_every``,
     ``rungs`` (tokens at which ASHA compares trials: evaluated there, after a cooldown) and
-    ``cooldown`` (its length as a fraction of the steps so far; 0 turns it off).
+    ``cooldown`` (its length as a fraction of the steps so far; 0 turns it off); on CUDA
+    ``autocast`` (bf16, default on), ``fused`` (fused AdamW, default on) and ``compile``
+    (``torch.compile`` the model, default off: it pays only on runs much longer than its
+    compile time; see BENCHMARKS.md).
+
+    Under torch.distributed (a Ray Train worker group) the model is wrapped in DDP and every
+    rank draws the same batches but trains on its own share of each (``World.share``), so the
+    run is the single-process run up to rounding; every rank calls ``report``.
 
     Metrics: ``loss`` (after the cooldown at a rung), ``raw_loss`` (never cooled down),
     ``tokens`` (the schedule's position), ``tokens_spent`` (cooldowns included),
     ``train_loss``, ``diverged`` and ``device``.
     """
+    world = World.current()
     device = pick_device()
-    if device == "cpu":
-        torch.set_num_threads(int(config.get("threads") or assigned_cpus()))
-    else:
+    cuda = device.startswith("cuda")
+    if cuda:
+        if torch.device(device).index is not None:  # a Ray Train worker's own GPU
+            torch.cuda.set_device(torch.device(device))
         torch.backends.cuda.matmul.allow_tf32 = True
-    cuda = device == "cuda"
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    else:
+        torch.set_num_threads(int(config.get("threads") or assigned_cpus()))
+    amp = cuda and bool(config.get("autocast", True))
+    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
     seq_len = int(config.get("seq_len", DEFAULT_SEQ_LEN))
     batch_size = int(config["batch_size"])
     peak_lr, warmup = float(config["lr"]), float(config.get("warmup", 0.0))
@@ -372,7 +451,7 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     N, D = float(scale["N"]), float(scale["D"])
     total_steps = max(1, math.ceil(D / (batch_size * seq_len)))
 
-    train_data, val_data = load_data(config.get("data"))
+    train_data, val_data = load_data(config.get("data"), device=device)
     if min(len(train_data), len(val_data)) <= seq_len + 1:
         raise ValueError(f"corpus too small for seq_len={seq_len}")
     eval_tokens = int(config.get("eval_tokens", DEFAULT_EVAL_TOKENS))
@@ -381,8 +460,10 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     seed = int(config.get("seed", 0))
     torch.manual_seed(int(config.get("init_seed", seed)))
     model = GPT(*shape_for(N, _depth(config.get("n_layer"))), seq_len=seq_len).to(device)
-    opt = make_optimizer(model, peak_lr, float(config.get("weight_decay", 0.0)))
-    gen = torch.Generator().manual_seed(int(config.get("data_seed", seed)))
+    opt = make_optimizer(model, peak_lr, float(config.get("weight_decay", 0.0)),
+                         fused=bool(config.get("fused", True)))
+    net = _wrap(model, world, device, bool(config.get("compile", False)))
+    gen = torch.Generator(device=train_data.device).manual_seed(int(config.get("data_seed", seed)))
     step, best, train_loss, extra = 0, math.inf, math.nan, 0
     if checkpoint_dir is not None:
         path = Path(checkpoint_dir, CHECKPOINT_FILE)
@@ -397,12 +478,15 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     saved_at = clock()
 
     def send(loss: float, raw: float, diverged: bool) -> None:
-        """Report metrics at the current step, with a checkpoint when one is due (above)."""
+        """Report metrics at the current step, with a checkpoint when one is due (above; rank
+        0 only, never for a diverged run)."""
         nonlocal saved_at
         metrics = {"loss": loss, "raw_loss": raw, "tokens": step * batch_size * seq_len,
                    "tokens_spent": (step + extra) * batch_size * seq_len}
-        metrics.update(train_loss=_finite(train_loss), diverged=diverged, device=device)
-        if diverged or step < total_steps and clock() - saved_at < every:
+        metrics.update(train_loss=_finite(train_loss), diverged=diverged,
+                       device=torch.device(device).type)
+        due = step >= total_steps or clock() - saved_at >= every
+        if diverged or world.rank != 0 or not due:
             return report(metrics, None)
         saved_at = clock()
         with tempfile.TemporaryDirectory(prefix="raylaw-lm-") as tmp:
@@ -411,9 +495,18 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
             torch.save(state, Path(tmp, CHECKPOINT_FILE))
             report(metrics, tmp)
 
-    def batch(g: torch.Generator = gen) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = get_batch(train_data, batch_size, seq_len, g)
-        return x.to(device), y.to(device)
+    rows = world.share(batch_size)
+    share = (rows.stop - rows.start) / batch_size
+    if world.size > 1 and share == 0:  # fewer sequences than ranks: a rank with none trains
+        rows, share = slice(0, 1), 0.0  # on one at weight 0, so DDP's collectives still match
+
+    def train_on_next(lr: float, g: torch.Generator = gen) -> torch.Tensor:
+        """One training step on this rank's share of the next batch drawn with ``g``."""
+        x, y = get_batch(train_data, batch_size, seq_len, g, rows)
+        return train_step(net, opt, x.to(device), y.to(device), lr, ctx, share, world)
+
+    def val_loss_of(n_val: int) -> float:
+        return evaluate(model, val_data, n_val, seq_len, device, ctx, world)
 
     cooldown = float(config.get("cooldown", DEFAULT_COOLDOWN))
     rungs = rung_steps(config.get("rungs") or [], batch_size * seq_len, total_steps)
@@ -421,29 +514,38 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     for end in sorted(s for s in evals | rungs if s > step) or [step]:  # resumed at the end
         running, count = torch.zeros((), device=device), 0
         while step < end:
-            lr = lr_at(step, total_steps, peak_lr, warmup)
-            running += train_step(model, opt, *batch(), lr, ctx)
+            running += train_on_next(lr_at(step, total_steps, peak_lr, warmup))
             step, count = step + 1, count + 1
-            if count % 32 == 0 and not running.item() / count < 3 * UNIFORM_LOSS:
-                train_loss = running.item() / count  # NaN, inf or far worse than uniform
+            if count % 32 == 0 and not world.sum(running).item() / count < 3 * UNIFORM_LOSS:
+                train_loss = world.sum(running).item() / count  # NaN, inf or far worse than uniform
                 return send(DIVERGED_LOSS, DIVERGED_LOSS, diverged=True)
-        train_loss = running.item() / count if count else train_loss
+        train_loss = world.sum(running).item() / count if count else train_loss
         n_val = final_tokens if step == total_steps else eval_tokens
-        raw = val_loss = evaluate(model, val_data, n_val, seq_len, device, ctx)
+        raw = val_loss = val_loss_of(n_val)
         if _diverged(raw, train_loss, best):
             return send(DIVERGED_LOSS, DIVERGED_LOSS, diverged=True)
         if step in rungs and cooldown > 0:  # on the batches the run itself sees next
             n_cool = math.ceil(cooldown * step)
-            ahead = torch.Generator().set_state(gen.get_state())
+            ahead = torch.Generator(device=gen.device).set_state(gen.get_state())
             val_loss = cooled_loss(
                 model, opt, n_cool, lr_at(step, total_steps, peak_lr, warmup), MIN_LR * peak_lr,
-                functools.partial(batch, ahead),
-                functools.partial(evaluate, model, val_data, n_val, seq_len, device, ctx), ctx)
+                functools.partial(train_on_next, g=ahead), functools.partial(val_loss_of, n_val))
             extra += n_cool
             if _diverged(val_loss, train_loss, best):
                 return send(DIVERGED_LOSS, raw, diverged=True)
         best = min(best, raw)
         send(val_loss, raw, diverged=False)
+
+
+def _wrap(model: GPT, world: World, device: str, compiled: bool) -> nn.Module:
+    """What the training step calls: ``model``, compiled if asked, in DDP with several ranks."""
+    net: nn.Module = torch.compile(model) if compiled else model  # type: ignore[assignment]
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        cuda = device.startswith("cuda")
+        net = DistributedDataParallel(net, device_ids=[torch.device(device)] if cuda else None)
+    return net
 
 
 def _depth(value: object) -> int | None:
@@ -471,26 +573,16 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else DIVERGED_LOSS
 
 
-def _ray_report(metrics: dict, checkpoint_dir: str | None) -> None:
-    """Reporter that forwards metrics (and the checkpoint directory) to Ray Tune."""
-    from ray import tune
-
-    ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-    tune.report(metrics, checkpoint=ckpt)
-
-
 def train(config: dict) -> None:
-    """Ray Tune function trainable; continues from ``tune.get_checkpoint()`` (a retried trial)
-    or else from ``config["restore_from"]`` (a trial that ``--resume`` runs again) if given."""
-    from ray import tune
+    """Ray Tune function trainable, or a Ray Train ``train_loop_per_worker`` (multi-worker
+    trials); continues from the latest checkpoint Ray has for the trial (a retried trial), or
+    else from ``config["restore_from"]`` (a trial that ``--resume`` runs again) if given."""
+    from raylaw.workers import latest_checkpoint, report
 
     # Ray logs a line per checkpoint, which buries the progress lines
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
+    with latest_checkpoint() as checkpoint_dir:
         restore = config.get("restore_from")
-        if restore and Path(restore, CHECKPOINT_FILE).is_file():
-            return run(config, _ray_report, checkpoint_dir=restore)
-        return run(config, _ray_report)
-    with checkpoint.as_directory() as checkpoint_dir:
-        return run(config, _ray_report, checkpoint_dir=checkpoint_dir)
+        if checkpoint_dir is None and restore and Path(restore, CHECKPOINT_FILE).is_file():
+            checkpoint_dir = restore
+        return run(config, report, checkpoint_dir=checkpoint_dir)
