@@ -65,7 +65,8 @@ def test_lm_data_parallel_is_the_single_process_run():
     """Batch 3 splits 1 + 2 over the ranks; batch 1 leaves rank 1 without a sequence."""
     configs = [{"lr": 3e-3, "batch_size": bs, "warmup": 0.05, "threads": 1,
                 "scale": {"N": 2e4, "D": 5e3 * bs}, "eval_tokens": 4096,
-                "final_eval_tokens": 8192, "eval_every": 3, "rungs": [2.5e3 * bs]}
+                "final_eval_tokens": 8192, "eval_every": 3, "rungs": [2.5e3 * bs],
+                "checkpoint_every": 0}  # a checkpoint with every report (rank 0's)
                for bs in (3, 1)]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
