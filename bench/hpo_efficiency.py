@@ -1,33 +1,32 @@
-"""How many trials a prior-aware search needs to find a near-optimal (lr, bs) on Step Law data.
+"""How good a search's answer is after 8, 16 and 64 trials on Step Law data, under noise.
 
-Run ``python bench/hpo_efficiency.py [--seeds 20] [--budget 64] [--workers 2]``.
+Run ``python bench/hpo_efficiency.py [--seeds 20] [--workers 2] [--smoke]``.
 
 Protocol. The objective at each of the 17 dense-model scales of the Step Law sweeps
-(``examples/data/steplaw_dense_lr_bs_loss.csv``, metric ``smooth loss``) is the loss
-interpolated linearly in (log lr, log bs) over that scale's grid (nearest grid point outside its
-hull), ``bench/steplaw_data.py``; regret = loss / the scale's best loss - 1. For each scale the
-law is fitted leave-one-scale-out: ``ScalingLaw.for_space(space, prior=None)`` fitted to the
-``extract_optimum`` optima of the other 16 scales. Each search asks for
-``trial.suggest_float("lr", 2.4e-4, 2.2e-2, log=True)`` and
-``trial.suggest_int("bs", 16, 2048, log=True)`` (the data's hard ranges) in an Optuna ask/tell
-loop of at most ``--budget`` trials, told the interpolated loss, once per seed (the sampler's
-seed) and method:
+(``examples/data/steplaw_dense_lr_bs_loss.csv``) is the ``smooth loss`` interpolated linearly in
+(log lr, log bs) over that scale's grid (``bench/steplaw_data.py``), times (1 + e) with
+e ~ N(0, sigma^2) drawn afresh at every trial (sigma 0, 0.1% or 0.5%; the built-in LM's final
+loss varies 0.6% from run to run); the same noise sequence for every method (common random
+numbers). Every search asks for ``lr`` in [2.4e-4, 2.2e-2] and ``bs`` in [16, 2048] (log, the
+data's hard ranges) in an Optuna ask/tell loop. A method's *answer* after k trials is scored by
+its noiseless regret, loss / the scale's best loss - 1:
 
-1. ``raylaw``: ``LawSampler(law, space, scale, seed=seed)`` with its defaults;
-2. ``raylaw, wrong law``: the same with the law's predicted center moved 4x up in lr and 4x up in
-   batch size (every term's intercept shifted by log 4 on a freshly fitted copy);
-3. ``TPE``: ``TPESampler(seed=seed)`` (defaults) over the full ranges;
-4. ``random``: ``RandomSampler(seed=seed)`` over the full ranges.
+1. ``raylaw``: ``LawSampler(law, space, scale, seed=seed)``, its answer ``recommend(study)``
+   (the model's optimum, possibly never tried). The law is fitted leave-one-scale-out: no prior,
+   ``optima_pooled`` of the other 16 scales' smooth trials.
+2. ``center``: the law's predicted optimum alone (no trial is needed).
+3. ``tpe``: ``TPESampler(seed=seed)`` over the full ranges; its answer the best observed trial.
+4. ``tpe-window``: the same inside the law's interval for a measured optimum, +-1 sd in log
+   space around its center (clipped to the ranges).
+5. ``gp``: ``GPSampler(seed=seed)`` over the full ranges, best observed (16 trials: 64 cost
+   ~27 s a run here).
+6. ``raylaw, wrong law`` / ``tpe``, at sigma 0.1%: the LOSO law with every intercept moved by
+   log 4 (its center 4x too high in lr and bs).
 
-Per run we record the first trial (1-based) whose regret is <= 0.10% and <= 0.05%; a run stops
-once both are reached, and a run that never reaches a threshold within the budget counts as
-infinitely many trials. Per method we report the median and 90th percentile of those counts
-('>budget' when the percentile is infinite) and the share of runs that never reach them, plus
-the ratios TPE / raylaw and wrong law / TPE of the medians. Scales (x methods) run in parallel
-on ``--workers`` processes. The table is printed and written to the section
-"## Prior-aware search efficiency on Step Law data (bench/hpo_efficiency.py)" of BENCHMARKS.md,
-and the share of runs that reached each threshold against the number of trials is plotted to
-``bench/hpo_efficiency.png``.
+Per run it also records the first trial (1-based) whose configuration is within 0.05% regret.
+The tables are printed and written to the section
+"## Prior-aware search under noise on Step Law data (bench/hpo_efficiency.py)" of BENCHMARKS.md;
+the median answer regret against trials is plotted to ``bench/hpo_efficiency.png``.
 """
 
 from __future__ import annotations
@@ -55,39 +54,40 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "bench"))
 
 import steplaw_data  # noqa: E402
-from benchmarks_md import update_section  # noqa: E402
+from benchmarks_md import publish  # noqa: E402
 
 from raylaw.law import ScalingLaw  # noqa: E402
-from raylaw.optimum import extract_optimum  # noqa: E402
-from raylaw.optuna import LawSampler  # noqa: E402
+from raylaw.optimum import optima_pooled  # noqa: E402
+from raylaw.sampler import LawSampler  # noqa: E402
 from raylaw.space import SearchSpace  # noqa: E402
 
-SECTION = "## Prior-aware search efficiency on Step Law data (bench/hpo_efficiency.py)"
+SECTION = "## Prior-aware search under noise on Step Law data (bench/hpo_efficiency.py)"
 LR_RANGE = (2.4e-4, 2.2e-2)  # the data's hard ranges
 BS_RANGE = (16, 2048)
-THRESHOLDS = (0.001, 0.0005)  # regret: 0.10% and 0.05%
-MAIN = 0.0005  # the threshold the targets are judged on
+SIGMAS = (0.0, 0.001, 0.005)
+CHECKPOINTS = (1, 2, 4, 8, 16, 32, 64)
+BUDGET = 64
+GP_BUDGET = 16
+NEAR = 0.0005  # a tried configuration this close (regret) counts as found
 WRONG_FACTOR = 4.0
 METHODS = {  # key -> label
-    "raylaw": "raylaw (LawSampler, LOSO law)",
-    "wrong": "raylaw, wrong law (center 4x lr, 4x bs)",
-    "tpe": "TPE, full range",
-    "random": "random, full range",
+    "raylaw": "raylaw: LawSampler, recommend()",
+    "center": "the law's center alone",
+    "tpe": "TPE, full range, best observed",
+    "tpe-window": "TPE in the law's +-1 sd window, best observed",
+    "gp": "GPSampler, full range, best observed",
+    "wrong": "raylaw, wrong law (4x lr, 4x bs), recommend()",
 }
-ORDER = ("tpe", "wrong", "raylaw", "random")  # submission order: slowest tasks first
-TARGET_MEDIAN = 7.0  # raylaw median trials to 0.05%
-TARGET_SPEEDUP = 5.0  # TPE median / raylaw median at 0.05%
-TARGET_FAIL = 0.05  # raylaw share of runs never reaching 0.05%
-TARGET_WRONG = 1.5  # wrong-law median / TPE median at 0.05%
 
 
 @dataclass
 class Run:
     method: str
+    sigma: float
     scale: int
     seed: int
-    first: dict[float, int | None]  # threshold -> first trial (1-based) reaching it
-    regret1: float  # regret of the first trial
+    answers: dict[int, float]  # trials -> noiseless regret of the answer then
+    first: int | None  # first trial whose configuration is within NEAR
 
 
 # worker side ----------------------------------------------------------------------------------
@@ -95,303 +95,258 @@ _STATE: dict = {}
 
 
 def _init() -> None:
-    """Per process: the data, the space and every scale's optimum (cheap; done once)."""
+    """Per process: the data, the space and every LOSO law (a few seconds; once)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*greenlet.*")
     space = SearchSpace.load(steplaw_data.SPACE)
-    scales = steplaw_data.scales()
-    _STATE.update(space=space, scales=scales,
-                  optima=[extract_optimum(s.rows, space, s.scale) for s in scales])
+    _STATE.update(space=space, scales=steplaw_data.scales(), laws={})
 
 
-def loso_law(i: int, wrong: bool = False) -> ScalingLaw:
-    """The law fitted without scale ``i``; ``wrong`` moves its center 4x up in lr and bs."""
-    optima = [o for j, o in enumerate(_STATE["optima"]) if j != i]
-    law = ScalingLaw.for_space(_STATE["space"], prior=None).fit(optima)
-    if wrong:
-        for t in law.terms.values():
-            t.means[:, 0] += math.log(WRONG_FACTOR)
+def loso_law(i: int) -> ScalingLaw:
+    """The law fitted without scale ``i`` (cached per process)."""
+    if i not in _STATE["laws"]:
+        train = [(s.scale, s.rows) for j, s in enumerate(_STATE["scales"]) if j != i]
+        space = _STATE["space"]
+        _STATE["laws"][i] = ScalingLaw.for_space(space, prior=None).fit(
+            optima_pooled(train, space))
+    return _STATE["laws"][i]
+
+
+def wrong_law(i: int) -> ScalingLaw:
+    law = ScalingLaw.from_dict(loso_law(i).to_dict())  # a fresh copy, then moved 4x up
+    for t in law.terms.values():
+        t.means[:, 0] += math.log(WRONG_FACTOR)
     return law
 
 
-def make_sampler(method: str, law: ScalingLaw | None, scale: dict[str, float],
-                 seed: int) -> optuna.samplers.BaseSampler:
+def search(method: str, i: int, sigma: float, seed: int, budget: int) -> Run:
+    sc = _STATE["scales"][i]
+    noise = np.random.default_rng([seed, i, int(round(sigma * 1e6))])
+    law = wrong_law(i) if method == "wrong" else loso_law(i)
+    lr_range, bs_range = LR_RANGE, BS_RANGE
     if method in ("raylaw", "wrong"):
-        return LawSampler(law, _STATE["space"], scale, seed=seed)
-    if method == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if method == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ValueError(method)
-
-
-def search(sampler: optuna.samplers.BaseSampler, sc: steplaw_data.Scale,
-           budget: int) -> tuple[dict[float, int | None], float]:
-    """One ask/tell search; the first trial reaching each threshold, and trial 1's regret."""
+        sampler = LawSampler(law, _STATE["space"], sc.scale, seed=seed)
+    elif method == "gp":
+        sampler = optuna.samplers.GPSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    if method == "tpe-window":
+        p = law.predict(sc.scale, observed=True)
+        lr_range = window(p["lr"], LR_RANGE)
+        bs_range = tuple(int(round(v)) for v in window(p["bs"], BS_RANGE))
+    if method == "center":
+        p = law.predict(sc.scale)
+        regret = sc.regret(*clip(p["lr"].center, LR_RANGE), *clip(p["bs"].center, BS_RANGE))
+        return Run(method, sigma, i, seed, dict.fromkeys(CHECKPOINTS, regret),
+                   1 if regret <= NEAR else None)
     study = optuna.create_study(sampler=sampler, direction="minimize")
-    first: dict[float, int | None] = dict.fromkeys(THRESHOLDS)
-    regret1 = math.nan
+    answers, first = {}, None
     for k in range(1, budget + 1):
         trial = study.ask()
-        lr = trial.suggest_float("lr", *LR_RANGE, log=True)
-        bs = trial.suggest_int("bs", *BS_RANGE, log=True)
-        regret = sc.regret(lr, bs)
-        study.tell(trial, sc.loss(lr, bs))
-        if k == 1:
-            regret1 = regret
-        for th in THRESHOLDS:
-            if first[th] is None and regret <= th:
-                first[th] = k
-        if all(v is not None for v in first.values()):
-            break
-    return first, regret1
+        lr = trial.suggest_float("lr", *lr_range, log=True)
+        bs = trial.suggest_int("bs", *bs_range, log=True)
+        if first is None and sc.regret(lr, bs) <= NEAR:
+            first = k
+        study.tell(trial, sc.loss(lr, bs) * (1 + sigma * noise.standard_normal()))
+        if k in CHECKPOINTS:
+            answer = (sampler.recommend(study) if method in ("raylaw", "wrong")
+                      else study.best_params)
+            answers[k] = sc.regret(answer["lr"], answer["bs"])
+    return Run(method, sigma, i, seed, answers, first)
 
 
-def run_task(i: int, method: str, seeds: int, budget: int) -> list[Run]:
-    """Every seed of one method at one scale."""
+def window(pred, hard: tuple[float, float]) -> tuple[float, float]:
+    sd = math.exp(pred.log_sd)
+    lo, hi = max(pred.center / sd, hard[0]), min(pred.center * sd, hard[1])
+    return (lo, hi) if hi > lo * 1.01 else (hard[0], hard[1])
+
+
+def clip(v: float, hard: tuple[float, float]) -> tuple[float]:
+    return (min(max(v, hard[0]), hard[1]),)
+
+
+def run_task(method: str, i: int, sigma: float, seeds: int, budget: int) -> list[Run]:
     if not _STATE:
         _init()
-    sc = _STATE["scales"][i]
-    law = loso_law(i, wrong=method == "wrong") if method in ("raylaw", "wrong") else None
-    out = []
-    for seed in range(seeds):
-        first, regret1 = search(make_sampler(method, law, sc.scale, seed), sc, budget)
-        out.append(Run(method, i, seed, first, regret1))
+    return [search(method, i, sigma, seed, budget) for seed in range(seeds)]
+
+
+def tasks(seeds: int) -> list[tuple[str, float, int]]:
+    """(method, sigma, budget), slowest first."""
+    out = [("gp", s, GP_BUDGET) for s in SIGMAS]
+    out += [("raylaw", s, BUDGET) for s in SIGMAS] + [("wrong", 0.001, BUDGET)]
+    out += [(m, s, BUDGET) for m in ("tpe", "tpe-window") for s in SIGMAS]
+    out += [("center", s, BUDGET) for s in SIGMAS]
     return out
 
 
-# statistics -----------------------------------------------------------------------------------
-def counts(runs: list[Run], th: float) -> np.ndarray:
-    return np.array([r.first[th] if r.first[th] is not None else np.inf for r in runs])
-
-
-def quantile(v: np.ndarray, q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) that keeps infinities (no NaN)."""
-    x = np.sort(v)
-    pos = q * (len(x) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    g = pos - lo
-    if g == 0 or x[lo] == x[hi]:
-        return float(x[lo])
-    if not np.isfinite(x[hi]):
-        return math.inf
-    return float(x[lo] + g * (x[hi] - x[lo]))
-
-
-def fmt(v: float, budget: int) -> str:
-    return f">{budget}" if not math.isfinite(v) else f"{v:g}"
-
-
-def ratio(a: float, b: float, budget: int) -> float:
-    """a / b for trial counts where either may be infinite (> budget): the bound it is known
-    to lie on the safe side of for our targets, or NaN when both are infinite."""
-    if math.isinf(a) and math.isinf(b):
-        return math.nan
-    if math.isinf(b):
-        return a / budget  # the ratio is below this
-    if math.isinf(a):
-        return budget / b  # the ratio is above this
-    return a / b
-
-
-def fmt_ratio(a: float, b: float, budget: int) -> str:
-    if math.isinf(a) and math.isinf(b):
-        return "undefined (both > budget)"
-    if math.isinf(b):
-        return f"< {a / budget:.2f}x"
-    if math.isinf(a):
-        return f"> {budget / b:.2f}x"
-    return f"{a / b:.2f}x"
-
-
-def stats_row(runs: list[Run], th: float) -> tuple[float, float, float]:
-    v = counts(runs, th)
-    return quantile(v, 0.5), quantile(v, 0.9), float(np.mean(~np.isfinite(v)))
-
-
 # report ---------------------------------------------------------------------------------------
-def table(res: dict[str, list[Run]], budget: int) -> list[str]:
-    lines = [
-        "| method | runs | median to 0.10% | p90 to 0.10% | never 0.10% "
-        "| median to 0.05% | p90 to 0.05% | never 0.05% |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for m, label in METHODS.items():
-        cells = []
-        for th in THRESHOLDS:
-            med, p90, fail = stats_row(res[m], th)
-            cells += [fmt(med, budget), fmt(p90, budget), f"{100 * fail:.1f}%"]
-        lines.append(f"| {label} | {len(res[m])} | " + " | ".join(cells) + " |")
-    return lines
+def answers(runs: list[Run], k: int) -> np.ndarray | None:
+    v = [r.answers[k] for r in runs if k in r.answers]
+    return 100 * np.array(v) if len(v) == len(runs) and v else None
 
 
-def per_scale_table(res: dict[str, list[Run]], scales: list, budget: int) -> list[str]:
-    lines = [
-        "| N | D | raylaw trial-1 regret (median) | raylaw median / never to 0.05% "
-        "| wrong law median to 0.05% | TPE median to 0.05% |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for i, sc in enumerate(scales):
-        by = {m: [r for r in res[m] if r.scale == i] for m in res}
-        r1 = float(np.median([r.regret1 for r in by["raylaw"]]))
-        med, _, fail = stats_row(by["raylaw"], MAIN)
-        lines.append(
-            f"| {sc.N:.3g} | {sc.D:.3g} | {100 * r1:.3f}% | {fmt(med, budget)} / "
-            f"{100 * fail:.0f}% | {fmt(stats_row(by['wrong'], MAIN)[0], budget)} "
-            f"| {fmt(stats_row(by['tpe'], MAIN)[0], budget)} |")
-    return lines
+def cell(runs: list[Run], k: int) -> str:
+    v = answers(runs, k)
+    return "-" if v is None else f"{np.median(v):.3f} / {v.mean():.3f}"
 
 
-def ratios(res: dict[str, list[Run]], budget: int) -> tuple[list[str], dict[str, float]]:
-    lines, vals = [], {}
-    for th in THRESHOLDS:
-        med = {m: stats_row(res[m], th)[0] for m in METHODS}
-        vals[f"speedup{th}"] = ratio(med["tpe"], med["raylaw"], budget)
-        vals[f"wrong{th}"] = ratio(med["wrong"], med["tpe"], budget)
-        lines.append(
-            f"- regret <= {100 * th:.2f}%: TPE median / raylaw median = "
-            f"{fmt_ratio(med['tpe'], med['raylaw'], budget)}; wrong-law median / TPE median = "
-            f"{fmt_ratio(med['wrong'], med['tpe'], budget)}.")
-    return lines, vals
+def firsts(runs: list[Run]) -> np.ndarray:
+    return np.array([r.first if r.first is not None else np.inf for r in runs])
 
 
-def verdicts(res: dict[str, list[Run]], vals: dict[str, float], budget: int) -> list[str]:
-    med, _, fail = stats_row(res["raylaw"], MAIN)
-    tpe = stats_row(res["tpe"], MAIN)[0]
-    wrong = stats_row(res["wrong"], MAIN)[0]
-    sp, wr = vals[f"speedup{MAIN}"], vals[f"wrong{MAIN}"]
+def fmt_count(v: float) -> str:
+    return f">{BUDGET}" if not math.isfinite(v) else f"{v:g}"
 
+
+def pick(res: list[Run], method: str, sigma: float) -> list[Run]:
+    return [r for r in res if r.method == method and r.sigma == sigma]
+
+
+def tables(res: list[Run]) -> list[str]:
+    out = ["Noiseless regret % of each method's answer, median / mean over runs (17 scales x "
+           "seeds), after 8, 16 and 64 trials:", "",
+           "| sigma | method | 8 trials | 16 trials | 64 trials | median trials to a tried "
+           "config within 0.05% | never |",
+           "|---:|---|---:|---:|---:|---:|---:|"]
+    for sigma in SIGMAS:
+        for m in ("raylaw", "center", "tpe", "tpe-window", "gp"):
+            runs = pick(res, m, sigma)
+            if not runs:
+                continue
+            f = firsts(runs)
+            near = "-" if m == "center" else fmt_count(float(np.median(f)))
+            out.append(f"| {100 * sigma:.1f}% | {METHODS[m]} | {cell(runs, 8)} | "
+                       f"{cell(runs, 16)} | {cell(runs, 64)} | {near} | "
+                       f"{100 * np.mean(~np.isfinite(f)):.0f}% |")
+    wrong = pick(res, "wrong", 0.001)
+    if wrong:
+        out.append(f"| 0.1% | {METHODS['wrong']} | {cell(wrong, 8)} | {cell(wrong, 16)} | "
+                   f"{cell(wrong, 64)} | {fmt_count(float(np.median(firsts(wrong))))} | "
+                   f"{100 * np.mean(~np.isfinite(firsts(wrong))):.0f}% |")
+    return out
+
+
+def verdicts(res: list[Run]) -> list[str]:
     def ok(flag: bool) -> str:
         return "**met**" if flag else "**NOT met**"
 
-    return [
-        f"- raylaw reaches 0.05% regret in a median of <= {TARGET_MEDIAN:g} trials: "
-        f"{fmt(med, budget)} -> {ok(med <= TARGET_MEDIAN)}.",
-        f"- >= {TARGET_SPEEDUP:g}x fewer trials than full-range TPE (medians): "
-        f"{fmt(tpe, budget)} / {fmt(med, budget)} = {fmt_ratio(tpe, med, budget)} -> "
-        f"{ok(sp >= TARGET_SPEEDUP)}.",
-        f"- raylaw never reaches 0.05% in < {100 * TARGET_FAIL:g}% of runs: "
-        f"{100 * fail:.1f}% -> {ok(fail < TARGET_FAIL)}.",
-        f"- with the wrong law, no more than {TARGET_WRONG:g}x the trials of full-range TPE "
-        f"(medians): {fmt(wrong, budget)} / {fmt(tpe, budget)} = "
-        f"{fmt_ratio(wrong, tpe, budget)} -> {ok(wr <= TARGET_WRONG)}.",
-    ]
+    lines = []
+    r5, c5 = answers(pick(res, "raylaw", 0.005), 16), answers(pick(res, "center", 0.005), 16)
+    lines.append(f"- sigma 0.5%, 16 trials: median <= 0.07%: {np.median(r5):.3f}% -> "
+                 f"{ok(np.median(r5) <= 0.07)}; mean no worse than the law's center alone: "
+                 f"{r5.mean():.3f}% vs {c5.mean():.3f}% -> {ok(r5.mean() <= c5.mean())}.")
+    r1 = answers(pick(res, "raylaw", 0.001), 16)
+    lines.append(f"- sigma 0.1%, 16 trials: median <= 0.04%: {np.median(r1):.3f}% -> "
+                 f"{ok(np.median(r1) <= 0.04)}.")
+    f0 = float(np.median(firsts(pick(res, "raylaw", 0.0))))
+    lines.append(f"- sigma 0: median trials until a tried configuration is within 0.05% <= 4: "
+                 f"{fmt_count(f0)} -> {ok(f0 <= 4)}.")
+    r0 = answers(pick(res, "raylaw", 0.0), 8)
+    lines.append(f"- sigma 0: recommend() after 8 trials, median <= 0.03%: "
+                 f"{np.median(r0):.3f}% -> {ok(np.median(r0) <= 0.03)}.")
+    w, t = answers(pick(res, "wrong", 0.001), 64), answers(pick(res, "tpe", 0.001), 64)
+    if w is not None and t is not None:
+        lines.append(f"- wrong law, sigma 0.1%, 64 trials: recommend() no worse than full-range "
+                     f"TPE's best observed: median {np.median(w):.3f}% vs {np.median(t):.3f}%, "
+                     f"mean {w.mean():.3f}% vs {t.mean():.3f}% -> "
+                     f"{ok(np.median(w) <= np.median(t) and w.mean() <= t.mean())}.")
+    return lines
 
 
-def section(res: dict[str, list[Run]], scales: list, args: argparse.Namespace, command: str,
-            wall: float) -> str:
-    budget = args.budget
-    rl, vals = ratios(res, budget)
-    n = len(scales)
-    lines = [
+def section(res: list[Run], args: argparse.Namespace, wall: float) -> str:
+    n = len(_STATE["scales"])
+    return "\n".join([
         SECTION,
         "",
-        f"Command: `{command}`  ",
-        f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}  ",
-        f"Runtime: {wall / 60:.1f} min wall on {args.workers} worker process(es) "
-        f"(optuna {optuna.__version__}).",
+        "What a search at a new scale answers after 8, 16 and 64 trials, scored by the noiseless "
+        "regret of the answer, when every trial's metric carries 0, 0.1% or 0.5% noise: "
+        "raylaw's recommendation (the model's optimum) against the law's prediction alone and "
+        "the best observed trial of TPE and GP searches.",
         "",
-        f"Protocol: the objective at each of the {n} Step Law dense scales is the interpolated "
-        "`smooth loss` (`bench/steplaw_data.py`); regret = loss / the scale's best loss - 1. "
-        f"Each scale's law is fitted leave-one-scale-out (no prior, `extract_optimum` optima of "
-        f"the other {n - 1} scales). Every method searches `lr` in [2.4e-4, 2.2e-2] and `bs` in "
-        f"[16, 2048] (log, the data's hard ranges) with an ask/tell loop of at most {budget} "
-        f"trials, {args.seeds} sampler seeds per scale ({n * args.seeds} runs per method). "
-        "Counted: the first trial (1-based) whose regret is <= 0.10% / <= 0.05%; a run that "
-        f"never gets there within {budget} trials counts as infinite ('>{budget}' when a "
-        "percentile lands on it). The wrong law is the LOSO law with every intercept shifted "
-        f"by log {WRONG_FACTOR:g} (predicted center {WRONG_FACTOR:g}x higher in both lr and bs).",
+        f"Command: `python bench/hpo_efficiency.py --seeds {args.seeds} --workers {args.workers}`"
+        "  ",
+        f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {wall / 60:.0f} min "
+        f"wall on {args.workers} processes (optuna {optuna.__version__}).  ",
+        f"Protocol: {n} Step Law dense scales x {args.seeds} seeds per method and noise level; "
+        "the objective is the scale's interpolated `smooth loss` x (1 + e), e ~ N(0, sigma^2) "
+        "per trial (the same draws for every method); `lr` in [2.4e-4, 2.2e-2], `bs` in "
+        "[16, 2048] (log). The law is fitted leave-one-scale-out (no prior, raylaw's optima of "
+        "the other 16 scales). GP runs stop at 16 trials (time). The wrong law is the LOSO law "
+        "moved 4x up in lr and bs. In-sample: raylaw's settings were chosen while developing on "
+        "this data (2-seed runs of these conditions), so its rows are not out-of-sample.",
         "",
-        *table(res, budget),
+        *tables(res),
         "",
-        "Ratios of medians:",
+        "Targets (issue 22):",
         "",
-        *rl,
+        *verdicts(res),
         "",
-        "Targets (at 0.05% regret):",
-        "",
-        *verdicts(res, vals, budget),
-        "",
-        "Reference points from the issue: full-range TPE needs a median of ~36 trials to reach "
-        "0.05% (~24 for 0.10%); random search fails in most runs within 64.",
-        "",
-        "Per held-out scale (raylaw's trial 1 is the LOSO law's predicted optimum):",
-        "",
-        *per_scale_table(res, scales, budget),
-        "",
-        "![Share of runs within 0.05% (solid) and 0.10% (dashed) regret against trials]"
+        "![Median regret of each method's answer against trials, per noise level]"
         "(bench/hpo_efficiency.png)",
-    ]
-    return "\n".join(lines) + "\n"
+    ]) + "\n"
 
 
-def plot(res: dict[str, list[Run]], budget: int, path: Path) -> None:
+def plot(res: list[Run], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
 
-    ks = np.arange(1, budget + 1)
-    fig, ax = plt.subplots(figsize=(9.5, 4.8))
-    handles = []
-    for (m, label), color in zip(METHODS.items(), ("C0", "C3", "C2", "C7")):
-        for th, style in ((MAIN, "-"), (0.001, "--")):
-            v = counts(res[m], th)
-            share = (v[None, :] <= ks[:, None]).mean(axis=1)
-            ax.step(ks, share, where="post", color=color, linestyle=style)
-        handles.append(Line2D([], [], color=color, label=label))
-    handles += [Line2D([], [], color="k", linestyle="-", label="regret <= 0.05%"),
-                Line2D([], [], color="k", linestyle="--", label="regret <= 0.10%")]
-    ax.set_xlabel("trials (log scale)")
-    ax.set_ylabel("share of runs within the regret threshold")
-    ax.set_xlim(1, budget)
-    ax.set_ylim(0, 1.01)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= budget])
-    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.grid(alpha=0.3)
-    n = len(next(iter(res.values())))
-    ax.set_title(f"Step Law data, leave-one-scale-out laws: {n} runs per method", fontsize=10)
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig, axes = plt.subplots(1, len(SIGMAS), figsize=(12, 3.8), sharey=True)
+    for ax, sigma in zip(axes, SIGMAS):
+        for m, color in zip(("raylaw", "center", "tpe", "tpe-window", "gp"),
+                            ("C0", "k", "C2", "C1", "C4")):
+            runs = pick(res, m, sigma)
+            ks = [k for k in CHECKPOINTS if answers(runs, k) is not None] if runs else []
+            if ks:
+                ax.plot(ks, [np.median(answers(runs, k)) for k in ks], "o-", color=color,
+                        ms=3, label=METHODS[m], ls="--" if m == "center" else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(list(CHECKPOINTS))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_title(f"noise sigma {100 * sigma:.1f}%", fontsize=10)
+        ax.set_xlabel("trials")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("median regret of the answer (%)")
+    axes[-1].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def main() -> None:
-    """Run every (scale, method) search, print the table, plot, and update BENCHMARKS.md."""
+    """Run every (method, noise, scale) search, print the tables, plot, update BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=20, help="sampler seeds per scale")
-    parser.add_argument("--budget", type=int, default=64, help="max trials per run")
     parser.add_argument("--workers", type=int, default=2, help="worker processes")
+    parser.add_argument("--smoke", action="store_true",
+                        help="2 scales, 1 seed, 8 trials: seconds, for tests (no write)")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "hpo_efficiency.png")
     parser.add_argument("--no-write", action="store_true", help="print only (no file written)")
     args = parser.parse_args()
     _init()
-    scales = _STATE["scales"]
+    if args.smoke:
+        runs = [search(m, i, 0.005, 0, 8) for m in ("raylaw", "center", "tpe") for i in (0, 9)]
+        for r in runs:
+            print(r.method, r.scale, {k: round(100 * v, 3) for k, v in r.answers.items()})
+        return
     t0 = time.time()
-    res: dict[str, list[Run]] = {m: [] for m in METHODS}
+    res: list[Run] = []
+    scales = range(len(_STATE["scales"]))
     with ProcessPoolExecutor(max_workers=args.workers, initializer=_init) as pool:
-        futures = [pool.submit(run_task, i, m, args.seeds, args.budget)
-                   for m in ORDER for i in range(len(scales))]
+        futures = [pool.submit(run_task, m, i, s, args.seeds, b)
+                   for m, s, b in tasks(args.seeds) for i in scales]
         for f in futures:
-            for r in f.result():
-                res[r.method].append(r)
+            res.extend(f.result())
     wall = time.time() - t0
-    for m in res:
-        res[m].sort(key=lambda r: (r.scale, r.seed))
-    command = (f"python bench/hpo_efficiency.py --seeds {args.seeds} --budget {args.budget} "
-               f"--workers {args.workers}")
-    text = section(res, scales, args, command, wall)
-    print(text)
-    print(f"wall time {wall:.0f} s")
+    text = section(res, args, wall)
     if not args.no_write:
-        plot(res, args.budget, args.plot)
-        print(f"wrote {args.plot}")
-        update_section(args.output, SECTION, text)
-        print(f"wrote section to {args.output}")
+        plot(res, args.plot)
+    publish(text, args.output, SECTION, write=not args.no_write)
 
 
 if __name__ == "__main__":
