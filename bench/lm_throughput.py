@@ -1,6 +1,7 @@
 """Training throughput of raylaw's byte-level GPT against raw matmul FLOP/s on this machine.
 
-Run ``python bench/lm_throughput.py`` (CPU) or ``python bench/lm_throughput.py --device cuda``.
+Run ``python bench/lm_throughput.py`` (CPU) or ``python bench/lm_throughput.py --device cuda``
+(``--smoke``: a tiny model for a few steps on the CPU, seconds, prints only).
 For each model width it measures
 
 * the matmul rate torch reaches for the model's largest matmul, (batch*seq x width) @ (width x
@@ -165,7 +166,7 @@ def render(rows: list[dict], args: argparse.Namespace, device: str, peak: float)
         f"Device: {device} ({cpu}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average at start {args.load:.2f}  ",
         f"Batch: {args.batch_size} sequences x {args.seq_len} bytes; "
-        f"2048^3 matmul peak: {peak / 1e9:.1f} GFLOP/s",
+        f"{args.square}^3 matmul peak: {peak / 1e9:.1f} GFLOP/s",
         "",
         "Model FLOPs = 6 x params (incl. tied head) + 12 x n_layer x width x seq_len, per token. "
         "Matmul = (batch*seq x width) @ (width x 4*width), the model's largest matmul. "
@@ -316,13 +317,21 @@ def main() -> None:
                         help="CUDA: run the torch.compile variant at widths from WIDTH on")
     parser.add_argument("--rehearse", action="store_true",
                         help="run the CUDA protocol on the CPU, small, to check it end to end")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the CPU protocol on a tiny model for a few steps, in seconds; "
+                        "prints only")
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    args.load = os.getloadavg()[0]
+    args.load, args.square = os.getloadavg()[0], 2048  # the CPU's reference: a square matmul
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
-    if args.rehearse:
+    if args.smoke:
+        args.no_write, args.widths, args.batch_size, args.seq_len = True, [32], 2, 32
+        args.square = 256
+        args.steps, args.seconds, args.warmup, args.window = 3, 0.1, 1, 0.05
+        section, header = run_cpu(args, "cpu"), SECTION
+    elif args.rehearse:
         args.device, args.no_write = "cpu", True
         args.widths, args.batch_size, args.seq_len = args.widths or [64, 96], 4, 64
         args.compile_from = min(args.compile_from, max(args.widths))
@@ -350,7 +359,7 @@ def main() -> None:
 def run_cpu(args: argparse.Namespace, device: str) -> str:
     """Measure every width on the CPU; the CPU section of BENCHMARKS.md."""
     torch.set_num_threads(lm.assigned_cpus())
-    square = Matmul(2048, 2048, 2048, device)
+    square = Matmul(args.square, args.square, args.square, device)
     peak = max(square.rate(0.3) for _ in range(5))
     rows = []
     for width in args.widths:
