@@ -38,6 +38,10 @@ TOL = 0.005
 Run = tuple[float, int, int, int]  # lr, batch size, init seed, data seed
 
 
+
+def rel_sd(values: list[float]) -> float:
+    return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else math.nan
+
 def run_config(plan: Plan, run: Run) -> dict:
     """One full-length run at the plan's target, as the ladder's trials train (evaluating
     changes no training)."""
@@ -117,7 +121,12 @@ def main(argv: list[str] | None = None) -> None:
               for runs in [*both.values(), init_only[1:], data_only[1:]] if len(runs) > 1]
     n_curve = len(results[jobs[0]]["losses"])
     corr = {share: early_correlation(groups, share) for share in (0.25, 0.5, 0.75)}
+    print(f"Which seed matters, at lr {lr0:g}, bs {bs0} (seed 0 is one run in every row):\n"
+          + "\n".join(split) + "\n")
     lines = [SECTION, "",
+             "How much the built-in LM's final loss varies from run to run with the trial seed "
+             "alone, at the LM ladder's target scale; this is the noise every sweep's answer "
+             "must see through.", "",
              f"Command: `python bench/lm_noise.py --seeds {args.seeds}"
              f"{' --smoke' * args.smoke}`  ",
              f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
@@ -131,9 +140,10 @@ def main(argv: list[str] | None = None) -> None:
              f"Pooled run-to-run sd: **{100 * pooled:.2f}%** of the loss. Runs within 0.5% "
              f"of the luckiest ({luckiest:.4f}): {hits} of all "
              f"{len(results)} runs.", "",
-             f"Which seed matters, at lr {lr0:g}, bs {bs0} (seed 0 is one run in every row):",
-             "", *split, "",
-             "How early a run's luck shows: correlation, over runs of one configuration, of the "
+             f"Varying the initialization alone (`init_seed`) at lr {lr0:g}, bs {bs0} gives "
+             f"{100 * rel_sd(finals(init_only)):.2f}% sd, the data order alone (`data_seed`) "
+             f"{100 * rel_sd(finals(data_only)):.2f}% ({len(init_only)} runs each). "
+             + "How early a run's luck shows: correlation, over runs of one configuration, of the "
              f"loss at a share of the tokens ({n_curve} evaluations, on {plan.eval_tokens} "
              "validation bytes) with the final loss, both as deviations from their "
              "configuration's mean: " + ", ".join(f"{share:.0%} of the run {c:+.2f}"
