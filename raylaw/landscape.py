@@ -37,7 +37,9 @@ ROBUST_CUT = 3.0  # residuals beyond this many sds are shrunk to it (outlying tr
 OFF_BOWL = 5.0  # to start, trials more than this many median gaps above the best are off
 OFF_GAP = 0.25  # trials 25% above the best are off the bowl (divergence, not a bowl's wall)
 ON_BOWL = 4.0  # trials whose variance was inflated less than this fit the bowl
-SUPPORT_MARGIN = 0.5  # the support of the trials extends by this share of their spread
+SUPPORT_GAP = 0.01  # ... counting trials within 1% of the best (the bowl's bottom) ...
+SUPPORT_NOISES = 3.0  # ... or within this many noise sds, when the noise is larger
+RECOMMEND_SDS = 1.0  # a recommendation must beat the surest trial by this many sds
 DEGREE = 3  # cubic terms let the bowl be lopsided
 CUBIC_SD = 1.0  # prior sd of cubic coefficients, in units of the bowl's own width
 UNKNOWN_CURVATURE_SD = 30.0  # relative sd of the curvature prior when no scale has shown it
@@ -82,7 +84,8 @@ class Bowl:
         self._rng = np.random.default_rng(seed)
         self._draws: np.ndarray | None = None
         self.support: tuple[np.ndarray, np.ndarray] = (low, high)
-        self.n_on = n  # trials that fit the bowl (not outliers)
+        self.n_on = n  # trials that fit the bowl (not outliers, not bounds)
+        self.on = np.zeros((0, len(origin)))  # their points
         t = len(exps)
         self._theta = post.mean()[:t]
         d = len(origin)
@@ -131,6 +134,30 @@ class Bowl:
     @property
     def sd(self) -> np.ndarray:
         return np.sqrt(np.diag(self.cov))
+
+    def lowest_within(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """The recommended point inside [lo, hi] (and the hard box): of the posterior mean's
+        low points there, the one whose improvement over the best-supported trial is largest
+        once its uncertainty is subtracted (mean + RECOMMEND_SDS sd of the difference).
+
+        A cubic's mean surface can have a local vertex where the prior put it and its lowest
+        point elsewhere, and where no trial looked it is extrapolated; so Newton runs from the
+        clipped center and from every trial on the bowl, and a point beats the trial the model
+        is surest about only where the model is sure it is better."""
+        lo, hi = np.maximum(lo, self.low), np.minimum(hi, self.high)
+        starts = np.clip(np.vstack([self.center[None], self.on]), lo, hi) - self._origin
+        theta = np.repeat(self._theta[None], len(starts), axis=0)
+        ends, _ = minimize(theta, self._exps, starts, lo - self._origin, hi - self._origin)
+        points = np.vstack([ends, starts, self.on - self._origin])
+        if not len(self.on):
+            return points[int(np.argmin(self.value(points + self._origin)))] + self._origin
+        draws = self._post.sample(self._rng, DRAWS)[:, :len(self._exps)]
+        values = features(points, self._exps) @ draws.T  # points x draws
+        trials = np.arange(len(points) - len(self.on), len(points))
+        ref = trials[int(np.argmin(values[trials].mean(axis=1)))]
+        diff = values - values[ref]
+        score = diff.mean(axis=1) + RECOMMEND_SDS * diff.std(axis=1)
+        return points[int(np.argmin(score))] + self._origin
 
     def value(self, z: np.ndarray) -> np.ndarray:
         """Posterior mean of the relative metric at points z (m x d)."""
@@ -256,11 +283,15 @@ def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
         sd = np.sqrt(noise**2 + misfit_sd(gap, post.typical_misfit(), noise) ** 2)
         inflate = np.maximum(1.0, ((target - fitted) / (ROBUST_CUT * sd)) ** 2)
     bowl = Bowl(post, exps, origin, low, high, n, rng)
-    on = z[inflate <= ON_BOWL]
-    bowl.n_on = len(on)
-    if len(on):  # where trials that fit the bowl are: beyond, the vertex is extrapolated
-        margin = SUPPORT_MARGIN * (on.max(axis=0) - on.min(axis=0))
-        bowl.support = (on.min(axis=0) - margin, on.max(axis=0) + margin)
+    fits = (inflate <= ON_BOWL) & ~off  # a bound (divergence) is not on the bowl
+    bowl.n_on = int(fits.sum())
+    # where the bowl is known: trials that fit it near its bottom (a cubic holds only there);
+    # beyond them the vertex is extrapolated
+    near = fits & (gap <= max(SUPPORT_GAP, SUPPORT_NOISES * bowl.typical_noise))
+    on = z[near]
+    bowl.on = on
+    if len(on):
+        bowl.support = (on.min(axis=0), on.max(axis=0))
     return bowl
 
 

@@ -208,11 +208,12 @@ class LawSampler(BaseSampler):
         return out
 
     def _supported(self, names: list[str], bowl: Bowl) -> np.ndarray:
-        """The bowl's center, kept near the trials that fit the bowl once there are a few: an
-        extrapolated vertex can sit where no trial looked, even where training diverges."""
+        """The bowl's center; once a few trials fit the bowl, the posterior mean's lowest point
+        near them: an extrapolated vertex can sit where no trial looked, even where training
+        diverges."""
         if bowl.n_on < MIN_SUPPORT:
             return bowl.center
-        return np.clip(bowl.center, *bowl.support)
+        return bowl.lowest_within(*bowl.support)
 
     def recommendation(self, study: Study) -> dict[str, Any]:
         """``recommend`` with each governed hyperparameter's interval at ``coverage`` and the
