@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from raylaw.errors import RaylawError
 from raylaw.history import save_version
-from raylaw.law import Optimum, Prediction, ScalingLaw, Term
+from raylaw.law import Optimum, Prediction, ScalingLaw
 from raylaw.optuna import LAW_CENTER_ATTR, LawSampler, optima_from_studies, trials_frame
 from raylaw.space import SearchSpace
 from raylaw.store import (
@@ -341,10 +341,9 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
         store_tag = f"store {shown_url(cfg.store)}"  # never a password in the law file
         kept = [o for o in law.optima if o.source != store_tag]  # replaced by the store's
         tagged = [dataclasses.replace(o, source=store_tag) for o in evidence]
-        after = ScalingLaw(law.space_name, {n: _fresh_term(t) for n, t in law.terms.items()},
-                           kept, dict(law.provenance))
+        after = ScalingLaw(law.space_name, law.terms, provenance=law.provenance)
         try:
-            after.fit(tagged, source=f"sweep {study.study_name}")
+            after.fit(kept + tagged, source=f"sweep {study.study_name}")
         except RaylawError as e:
             print(f"raylaw: law not refitted yet: {e}")
             after = None
@@ -353,11 +352,6 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
     return SweepResult(study.study_name, counts, prediction, optimum, best_value, best_params,
                        law, after, version, tokens, full, resumed,
                        center[0] if center else None, recommended)
-
-
-def _fresh_term(term: Term) -> Term:
-    """The same law term, prior only: refitted from scratch with all the evidence."""
-    return Term(term.depends_on, term.prior)
 
 
 def asha_scheduler(space: SearchSpace, budget: float | None,
