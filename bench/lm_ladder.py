@@ -96,7 +96,7 @@ from ray.tune.stopper import Stopper  # noqa: E402
 
 from raylaw import SearchSpace  # noqa: E402
 from raylaw.files import atomic_write_text  # noqa: E402
-from raylaw.optuna import STATUS_ATTR, trials_frame  # noqa: E402
+from raylaw.records import STATUS_ATTR, trials_frame  # noqa: E402
 from raylaw.store import open_store  # noqa: E402
 from raylaw.sweep import SweepConfig, init_ray, load_law, loopback_ray_env, run_sweep  # noqa: E402
 
@@ -611,7 +611,7 @@ def load_run(plan: Plan, out: Path) -> dict[str, Any]:
     from raylaw.history import versions
     from raylaw.law import ScalingLaw
     from raylaw.optimum import extract_optimum
-    from raylaw.store import sweep_studies
+    from raylaw.records import sweep_studies
 
     space = SearchSpace.load(ROOT / "search_spaces" / "lm.yaml")
     ref_storage = open_store(f"sqlite:///{out / 'reference.db'}")

@@ -22,23 +22,16 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from raylaw import records
 from raylaw.errors import RaylawError
 from raylaw.history import save_version
 from raylaw.law import Optimum, Prediction, ScalingLaw
-from raylaw.optuna import LAW_CENTER_ATTR, LawSampler, optima_from_studies, trials_frame
+from raylaw.records import create_sweep, scale_key, sweep_studies, trials_frame
+from raylaw.sampler import LawSampler
 from raylaw.space import SearchSpace
-from raylaw.store import (
-    DEFAULT_STORE,
-    STATE_ATTR,
-    create_sweep,
-    open_store,
-    scale_key,
-    shown_url,
-    sweep_studies,
-)
+from raylaw.store import DEFAULT_STORE, open_store, optima_from_studies, shown_url
 
 DEFAULT_TRAINABLE = "raylaw.trainables.lm:train"
-RECOMMENDED_ATTR = "recommended"  # study user attribute: the sweep's answer
 GRACE_FRACTION = 1 / 9  # ASHA's first rung, as a share of the budget
 _USER_PENDING = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")  # the user's own, if any
 REDUCTION_FACTOR = 3  # ASHA promotes 1 in this many trials per rung
@@ -210,9 +203,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
                          seed=cfg.seed)
     study, resumed = create_sweep(storage, space, scale, space.mode, sampler, cfg.resume,
                                   cfg.study_name)
-    fixed = {k: v for k, v in cfg.constants.items() if k in cfg.space.free}
-    if fixed:
-        study.set_user_attr("fixed", fixed)  # held for every trial, so not in trial.params
+    records.record_fixed(study, {k: v for k, v in cfg.constants.items() if k in cfg.space.free})
     finished = study.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
     remaining = max(cfg.samples - len(finished), 0)
@@ -244,8 +235,8 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
                     storage.engine.dispose()
                     new_file.unlink(missing_ok=True)  # a store this failed run created
             raise
-    study.set_user_attr(STATE_ATTR, "finished")
-    statuses = {t.user_attrs.get("raylaw_status") for t in study.get_trials(deepcopy=False)}
+    records.finish_sweep(study)
+    statuses = {records.recorded_status(t) for t in study.get_trials(deepcopy=False)}
     if statuses == {"errored"}:  # recorded in the store, but nothing to learn from
         raise RaylawError(f"every trial of sweep {study.study_name} errored (--trainable "
                           f"{spec}; see the trial errors above)")
@@ -322,16 +313,17 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
     full = float(len(df) * budget) if budget else 0.0
     best_value, best_params = None, {}
     completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    fixed = records.fixed_params(study)
     if completed:
         best = min(completed, key=lambda t: t.value if space.mode == "min" else -t.value)
         best_value = best.value
-        best_params = {**best.params, **study.user_attrs.get("fixed", {})}
-    center = [t.value for t in completed if t.user_attrs.get(LAW_CENTER_ATTR)]
+        best_params = {**best.params, **fixed}
+    center = [t.value for t in completed if records.is_law_center(t)]
     recommended = None
     if completed:
         recommended = sampler.recommendation(study)
-        recommended["params"] = {**recommended["params"], **study.user_attrs.get("fixed", {})}
-        study.set_user_attr(RECOMMENDED_ATTR, recommended)
+        recommended["params"] = {**recommended["params"], **fixed}
+        records.record_recommended(study, recommended)
     after, version = None, None
     evidence = optima_from_studies(storage, space, [s.study_name for s in sweep_studies(
         storage, space.name)])

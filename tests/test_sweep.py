@@ -18,7 +18,7 @@ from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
 from raylaw.history import versions
 from raylaw.optuna import LawSampler
-from raylaw.store import most_at_once
+from raylaw.records import most_at_once
 from tests.conftest import LM_SPACE, ROOT
 
 pytestmark = pytest.mark.ray
