@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
                     + " | ".join(f"{ratios[n][-1]:.2f}x" for n in names[1:]) + " |")
     work = {n: statistics.fmean(r[n]["trial_s"] / 2 for r in runs) for n in names}
     lines = [SECTION, "",
+             "What a raylaw sweep costs beyond its trials, against raw Ray Tune (Tuner + "
+             "OptunaSearch + ASHAScheduler) running the same trivial trainable with the same "
+             "trial count and resources, side by side in one run.", "",
              f"Command: `python bench/overhead.py --trials {args.trials} --replicates "
              f"{args.replicates} --seconds {args.seconds:g}`  ",
              f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "

@@ -218,8 +218,8 @@ def cmd_sweep(a: argparse.Namespace) -> None:
     quiet_optuna(a.verbose)
     result = run_sweep(cfg, address=a.address)
     print(format_summary(result))
-    if result.law_after is not None:
-        print(f"\n{law_table(result.law_after)}\nlaw: {cfg.law_path}")
+    if result.law_after is not None:  # the coefficients are in the summary; the table on demand
+        print(f"law: {cfg.law_path} (its table: python -m raylaw.tune show {cfg.law_path})")
 
 
 def parse_scales(text: str, space: SearchSpace) -> list[dict[str, float]]:

@@ -42,6 +42,7 @@ DEGREE = 3  # cubic terms let the bowl be lopsided
 CUBIC_SD = 1.0  # prior sd of cubic coefficients, in units of the bowl's own width
 UNKNOWN_CURVATURE_SD = 30.0  # relative sd of the curvature prior when no scale has shown it
 LEVEL_GRID = (0.0, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2)  # sd of shared-value offsets
+OFFSET_SD = 1.0  # prior sd of a lower fidelity's offset (relative): nearly free
 MIN_LEVELS = 4  # a grid dimension has at least this many values shared by several trials
 GRID_SHARE = 4  # ... and this many trials per value on average
 
@@ -194,13 +195,20 @@ def gradient_hessian(x: np.ndarray, theta: np.ndarray, exps: np.ndarray
 
 
 def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
-             prior: BowlPrior | None = None, seed: int | np.random.Generator = 0) -> Bowl:
+             prior: BowlPrior | None = None, seed: int | np.random.Generator = 0,
+             group: np.ndarray | None = None) -> Bowl:
     """The bowl of metric ``y`` (minimized) over warped points ``z`` (n x d) in the box
-    [low, high] (the hard bounds; infinite where there are none)."""
+    [low, high] (the hard bounds; infinite where there are none).
+
+    ``group`` (n ints) marks trials measured at a lower fidelity (a rung where early stopping
+    compared them): group 0 is full length; each other group gets an offset of its own (a
+    shorter run ends higher) and its gaps are measured from its own best trial.
+    """
     prior = prior or BowlPrior()
     z = np.asarray(z, dtype=float)
     y = np.asarray(y, dtype=float)
     n, d = z.shape
+    group = np.zeros(n, dtype=int) if group is None else np.asarray(group, dtype=int)
     low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
     rng = np.random.default_rng(seed)
     if n == 0:  # the prior alone (a study with no completed trial yet)
@@ -209,26 +217,32 @@ def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
         bowl = fit_bowl(z + origin, y, low, high, replace(prior, noise=1e3), rng)
         bowl.n = bowl.n_on = 0
         return bowl
-    best = int(np.argmin(y))
+    full = group == 0
+    best = int(np.argmin(np.where(full, y, np.inf))) if full.any() else int(np.argmin(y))
     scale = abs(y[best]) if y[best] != 0 else max(float(np.abs(y).max()), 1e-12)
     r = y / scale  # relative units: a gap of 0.01 is 1% above the best trial
     span = _span(z, low, high)
-    origin = prior.vertex if prior.vertex is not None else _weighted_center(z, r)
+    origin = prior.vertex if prior.vertex is not None else _weighted_center(z[full], r[full])
     x = z - origin
     exps = terms(d, DEGREE)
     poly = features(x, exps)
-    lev = levels(z)
-    phi = np.hstack([poly, lev])
-    components = _with_levels(_coef_prior(exps, span, prior), lev.shape[1])
+    shorter = sorted(set(group.tolist()) - {0})
+    offsets = np.column_stack([group == g for g in shorter]).astype(float) if shorter else (
+        np.zeros((n, 0)))
+    lev = levels(z) if not shorter else np.zeros((n, 0))  # grids have no rungs
+    phi = np.hstack([poly, offsets, lev])
+    components = _with_levels(_with_offsets(_coef_prior(exps, span, prior), len(shorter)),
+                              lev.shape[1])
     log_sigma_prior = _noise_prior(prior.noise, prior.noise_sd)
-    # how far above the best trial each one is: the bowl's misfit grows with it (a gap to
-    # the model's own floor would let a misplaced vertex explain a slope away as misfit)
-    gap = np.maximum(r - r[best], 0.0)
+    # how far above the best trial (of its fidelity) each one is: the bowl's misfit grows with
+    # it (a gap to the model's own floor would let a misplaced vertex explain a slope away)
+    floor = np.array([r[group == g].min() for g in group])
+    gap = np.maximum(r - floor, 0.0)
     # a trial more than OFF_GAP above the best (divergence, not a bowl's wall) says only that
     # the metric there is at least that bad: a bound the bowl must clear (a Tobit step: it
     # counts as the larger of the bound and the bowl's own value there)
     off = gap > OFF_GAP
-    cap = r[best] + OFF_GAP
+    cap = floor + OFF_GAP
     gap = np.minimum(gap, OFF_GAP)
     target = np.where(off, cap, r)
     # a trial far off the bowl counts as if it were ROBUST_CUT sds off; to start, so do
@@ -344,6 +358,21 @@ def _posterior(phi: np.ndarray, r: np.ndarray, gap: np.ndarray, inflate: np.ndar
     return _Posterior(wts[keep] / wts[keep].sum(), np.concatenate(means)[keep],
                       np.concatenate(precs)[keep], np.concatenate(sigmas)[keep],
                       np.concatenate(misfits)[keep], np.concatenate(broads)[keep])
+
+
+def _with_offsets(components: list[tuple[np.ndarray, np.ndarray, float, bool]], k: int
+                  ) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
+    """Each component extended by ``k`` fidelity offsets ~ N(0, OFFSET_SD^2) (nearly free)."""
+    if k == 0:
+        return components
+    out = []
+    for mu0, prec0, log_mix, broad in components:
+        p = len(mu0)
+        prec = np.zeros((p + k, p + k))
+        prec[:p, :p] = prec0
+        prec[p:, p:] = np.eye(k) / OFFSET_SD**2
+        out.append((np.concatenate([mu0, np.zeros(k)]), prec, log_mix, broad))
+    return out
 
 
 def _with_levels(components: list[tuple[np.ndarray, np.ndarray, float, bool]], n_levels: int

@@ -74,6 +74,16 @@ class LawSampler(BaseSampler):
             self._vertex = {k: v for k, v in law.predict(scale, coverage).items()
                             if k in governed}
         self._shape = pooled_shape(law.optima) if law is not None else None
+        # how the optimum moves with the budget (the scale variable a trial's steps count up
+        # to): the law's exponent of it, per governed hyperparameter
+        self._budget = None
+        self._exponents: dict[str, float] = {}
+        budget = getattr(space, "budget", None) if space is not None else None
+        if fitted and budget and budget in scale:
+            self._budget = float(scale[budget])
+            for name, term in law.terms.items():
+                if name in governed and term.fitted and budget in term.depends_on:
+                    self._exponents[name] = float(term.coef[1 + term.depends_on.index(budget)])
         # a declared noise (measured, e.g. by bench/lm_noise.py) is a prior; without one the
         # trials' residuals alone estimate it (a law fitted from cleaner data would mislead)
         if noise is None and space is not None:
@@ -125,9 +135,17 @@ class LawSampler(BaseSampler):
     # the model ------------------------------------------------------------------------------
     def posterior(self, study: Study, distributions: dict[str, BaseDistribution] | None = None
                   ) -> tuple[list[str], Bowl] | None:
-        """The bowl at the target scale fitted to ``study``'s completed trials, with the law's
-        prediction as the vertex prior: (its hyperparameter names, the bowl), or None when the
-        study has no governed hyperparameter to model. Coordinates are log values."""
+        """The bowl at the target scale fitted to ``study``'s trials, with the law's prediction
+        as the vertex prior: (its hyperparameter names, the bowl), or None when the study has
+        no governed hyperparameter to model. Coordinates are log values.
+
+        Completed trials count at full length. Where the space has a budget (a scale variable
+        such as D that a trial's steps count up to) and the law knows how the optimum moves
+        with it, a pruned trial counts too, at the step it reached: a run of f of the budget
+        is like a full run at that scale, whose optimum the law puts at
+        ``optimum * (f / budget) ** exponent``, so its coordinates are moved by the law's
+        exponent to the full budget, and its fidelity gets an offset of its own.
+        """
         trials = _completed(study)
         if distributions is None:
             distributions = _declared(study, self._names)
@@ -142,11 +160,42 @@ class LawSampler(BaseSampler):
                                                                               len(names))
         sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
         y = np.array([sign * float(t.value) for t in rows])
+        group = np.zeros(len(rows), dtype=int)
+        shorter = self._shorter(study, names)
+        if shorter is not None:
+            z2, y2, steps = shorter
+            ranks = {s: k + 1 for k, s in enumerate(sorted(set(steps)))}
+            z, y = np.vstack([z, z2]), np.concatenate([y, sign * y2])
+            group = np.concatenate([group, [ranks[s] for s in steps]])
         vertex, vertex_cov = self._vertex_prior(names)
         shape = self._shape.prior(names) if self._shape is not None else BowlPrior()
         prior = replace(shape, vertex=vertex, vertex_cov=vertex_cov, noise=self._noise,
                         noise_sd=DECLARED_NOISE_SD)
-        return names, fit_bowl(z, y, low, high, prior, seed=[self._seed, len(rows)])
+        return names, fit_bowl(z, y, low, high, prior, seed=[self._seed, len(rows)],
+                               group=group)
+
+    def _shorter(self, study: Study, names: list[str]
+                 ) -> tuple[np.ndarray, np.ndarray, list[float]] | None:
+        """Pruned trials at their last step, moved to the full budget by the law's exponents:
+        (log coordinates, values, steps), or None when they cannot be (no budget or law)."""
+        if not self._budget or not self._exponents:
+            return None
+        pts, vals, steps = [], [], []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+            if not t.intermediate_values or not all(n in t.params for n in names):
+                continue
+            step = max(t.intermediate_values)
+            value = t.intermediate_values[step]
+            if not (0 < step < self._budget * (1 - 1e-9)) or not math.isfinite(value):
+                continue
+            shift = math.log(self._budget / step)
+            pts.append([math.log(float(t.params[n])) + self._exponents.get(n, 0.0) * shift
+                        for n in names])
+            vals.append(float(value))
+            steps.append(float(step))
+        if not pts:
+            return None
+        return np.array(pts), np.array(vals), steps
 
     def recommend(self, study: Study) -> dict[str, Any]:
         """The estimated optimum: governed hyperparameters from the posterior (a configuration

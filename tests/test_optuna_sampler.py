@@ -23,14 +23,15 @@ from raylaw.optuna import (
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SPACE = SearchSpace.from_dict({
+SPACE_DICT = {
     "name": "toy", "metric": "loss", "mode": "min", "scale": {"N": "params", "D": "tokens"},
     "governed": {
         "lr": {"depends_on": ["N", "D"], "low": 1e-5, "high": 1.0, "log": True},
         "bs": {"depends_on": ["D"], "low": 1, "high": 4096, "log": True, "type": "int"},
     },
     "free": {"wd": {"low": 0.0, "high": 0.2}},
-})
+}
+SPACE = SearchSpace.from_dict(SPACE_DICT)
 
 
 def true_lr(N: float, D: float) -> float:  # noqa: N803
@@ -240,9 +241,9 @@ def test_two_processes_share_an_rdb_storage(tmp_path):
     assert study.best_value - 2.0 < 0.01
 
 
-def test_pruned_trials_are_not_evidence():
-    """A trial stopped early has no final metric: the posterior ignores it, however bad its
-    curve was (under ASHA most trials are pruned)."""
+def test_pruned_trials_are_not_evidence_without_a_budget():
+    """A trial stopped early has no final metric; where the space has no budget its step means
+    nothing to the law, so the posterior ignores it, however bad its curve was."""
     sampler = LawSampler(LAW, SPACE, TARGET, seed=0)
     dists = SPACE.optuna_distributions()
     pred = LAW.predict(TARGET)
@@ -330,3 +331,33 @@ def test_a_wrong_law_is_doubted_and_overruled():
     assert sampler.posterior(study)[1].doubt > 0.5
     rec = sampler.recommend(study)
     assert abs(math.log(rec["lr"] / true_lr(**TARGET))) < 0.5
+
+
+def test_pruned_trials_count_at_their_rung_moved_by_the_law():
+    """Under ASHA most trials stop at a rung. A run of D/9 is like a full run at D/9, whose
+    optimum the law puts at lr* (1/9)^b_D: moved to D by the law's exponents (and with an
+    offset of their own), the pruned trials locate the optimum where two completed trials
+    cannot."""
+    space = SearchSpace.from_dict({**SPACE_DICT, "fidelity": "tokens", "budget": "D"})
+    law = fitted_law()
+    law.terms["lr"].posterior.mean[0] += math.log(2.0)  # the law's lr is 2x too high
+    sampler = LawSampler(law, space, TARGET, seed=0)
+    dists = space.optuna_distributions()
+    lr_star, bs_star, d = true_lr(**TARGET), true_bs(TARGET["D"]), TARGET["D"]
+    study = optuna.create_study(sampler=sampler)
+    center = law.predict(TARGET)
+    for f in (1.0, 1.1):  # two completed trials, near the law's (wrong) center
+        params = {"lr": center["lr"].center * f, "bs": round(center["bs"].center), "wd": 0.1}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                  value=clean_loss(params)))
+    alone = sampler.recommend(study)["lr"]
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # stopped at D/9: their optimum is lr* 9^-0.3, bs* 9^-0.5
+        lr, bs = lr_star * math.exp(rng.normal(-0.6, 0.7)), bs_star * math.exp(rng.normal(-1, 1))
+        u, v = math.log(lr / (lr_star * 9**-0.3)), math.log(bs / (bs_star * 9**-0.5))
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "bs": min(4096, max(1, round(bs))), "wd": 0.1}, distributions=dists,
+            state=TrialState.PRUNED, intermediate_values={round(d / 9): 2.4 + 0.05 * u * u
+                                                          + 0.02 * v * v}))
+    moved = sampler.recommend(study)["lr"]
+    assert abs(math.log(moved / lr_star)) < 0.5 * abs(math.log(alone / lr_star))

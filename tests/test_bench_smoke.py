@@ -1,0 +1,83 @@
+"""Every LM benchmark runs end to end: its ``--smoke`` mode (a tiny model, a few trials).
+
+The three scripts start together (each in its own process; the ladder's with its own
+embedded Ray), so the module costs about as long as the slowest. None writes BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+TIMEOUT = 300  # seconds per script, on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def smokes(tmp_path_factory):
+    """Start every benchmark's --smoke at once; ``smokes(name)`` waits for one: (rc, output)."""
+    out = tmp_path_factory.mktemp("ladder")
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    commands = {"lm_ladder": ["--out", str(out)], "lm_noise": [], "lm_throughput": []}
+    procs = {name: subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke", *extra],
+        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, extra in commands.items()}
+    done: dict[str, tuple[int, str]] = {}
+
+    def wait(name: str) -> tuple[int, str]:
+        if name not in done:
+            try:
+                text, _ = procs[name].communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                procs[name].kill()
+                text, _ = procs[name].communicate()
+                pytest.fail(f"bench/{name}.py --smoke ran past {TIMEOUT} s:\n{text[-3000:]}")
+            done[name] = (procs[name].returncode, text)
+        return done[name]
+
+    wait.out = out
+    yield wait
+    for p in procs.values():  # a failed test leaves none running
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert (ROOT / "BENCHMARKS.md").read_text() == before, "a --smoke run wrote BENCHMARKS.md"
+
+
+def test_lm_ladder_smoke(smokes):
+    rc, text = smokes("lm_ladder")
+    assert rc == 0, text[-3000:]
+    assert "## LM ladder on CPU (bench/lm_ladder.py)" in text
+    res = json.loads((smokes.out / "result.json").read_text())
+    assert [r["N"] for r in res["rungs"]] == [3e3, 6e3]
+    answers = res["answers"]
+    assert set(answers) == {"law", "raylaw", "raylaw-best", "asha", "tpe"}
+    for key, a in answers.items():
+        lr, bs = a["params"]["lr"], a["params"]["batch_size"]
+        assert 1e-4 <= lr <= 0.3 and isinstance(bs, int) and 1 <= bs <= 256, (key, a)
+        assert len(a["scores"]) == 2 and all(math.isfinite(x) for x in a["scores"]), (key, a)
+        assert (a["tokens"] > 0) == (key != "law"), (key, a)
+    # the law's prediction is the target sweep's first trial, which ASHA never stops
+    assert answers["law"]["params"]["lr"] > 0
+    assert res["rungs"][-1]["counts"].get("completed", 0) >= 1
+    assert (smokes.out / "lm_ladder.png").stat().st_size > 0
+
+
+def test_lm_noise_smoke(smokes):
+    rc, text = smokes("lm_noise")
+    assert rc == 0, text[-3000:]
+    assert "Pooled run-to-run sd" in text
+    assert "| 0.004 | 1 | 2 |" in text and "| 0.004 | 2 | 2 |" in text  # 2 seeds each
+
+
+def test_lm_throughput_smoke(smokes):
+    rc, text = smokes("lm_throughput")
+    assert rc == 0, text[-3000:]
+    assert "## LM training throughput (bench/lm_throughput.py)" in text
+    assert "| 32 | 1 | 1 |" in text  # width 32, one layer, one head
