@@ -8,6 +8,7 @@ reads Optuna studies (optuna-dashboard, ``law_from_studies``) sees the sweeps.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,11 +36,17 @@ from raylaw.records import (  # the last five lived here before raylaw.records
 if TYPE_CHECKING:
     from raylaw.space import SearchSpace
 
-__all__ = ["DEFAULT_STORE", "STATE_ATTR", "create_sweep", "law_from_studies", "most_at_once",
+__all__ = ["DEFAULT_STORE", "STATE_ATTR", "create_sweep", "default_store", "law_from_studies",
+           "most_at_once",
            "open_store", "optima_from_studies", "scale_key", "shown_url", "sqlite_path",
            "store_url", "sweep_studies"]
 
 DEFAULT_STORE = "sqlite:///raylaw.db"
+
+
+def default_store() -> str:
+    """The store when none is given: ``$RAYLAW_STORE``, else ``sqlite:///raylaw.db``."""
+    return os.environ.get("RAYLAW_STORE") or DEFAULT_STORE
 
 
 def store_url(url: str) -> str:

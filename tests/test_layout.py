@@ -8,13 +8,27 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "raylaw"
 
 
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except what sits under ``if TYPE_CHECKING:`` (type hints only)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            todo += node.orelse
+            continue
+        todo += ast.iter_child_nodes(node)
+    return out
+
+
 def raylaw_imports() -> dict[str, set[str]]:
-    """Each raylaw module's raylaw imports, function-level ones included."""
+    """Each raylaw module's raylaw imports when it runs, function-level ones included (those
+    for type hints alone, under ``TYPE_CHECKING``, are not imports at run time)."""
     modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
                .removesuffix(".__init__"): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for m, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("raylaw"):
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
