@@ -20,7 +20,7 @@ from raylaw.law import ScalingLaw
 from raylaw.optimum import optima_by_scale
 from raylaw.space import SearchSpace
 from raylaw.store import DEFAULT_STORE, default_store
-from raylaw.sweep import GRACE_FRACTION, REDUCTION_FACTOR
+from raylaw.sweep import GRACE_FRACTION, REDUCTION_FACTOR, SweepConfig
 
 
 def parse_scale(items: list[str] | None, flag: str = "--scale") -> dict[str, float]:
@@ -165,10 +165,8 @@ def cmd_plot(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}")
 
 
-def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
+def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> SweepConfig:
     """A SweepConfig from the shared sweep/ladder flags."""
-    from raylaw.sweep import SweepConfig
-
     space = SearchSpace.load(a.space)
     if a.samples < 1:
         raise RaylawError(f"--samples {a.samples}: must be at least 1")

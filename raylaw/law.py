@@ -45,7 +45,25 @@ SHAPE_CLIP = (1e-2, 1e2)  # eigenvalue bounds of a normalized scatter shape
 
 @dataclass(frozen=True)
 class Optimum:
-    """One scale's estimated optimum: hyperparameter values and the std of their logs."""
+    """One scale's estimated optimum: hyperparameter values and the std of their logs.
+
+    Args:
+        scale: the scale, e.g. ``{"N": 1e9, "D": 2e10}``.
+        values: each governed hyperparameter's optimum.
+        sigmas: the std of each value's log.
+        n_trials: trials it was estimated from.
+        n_excluded: trials left out (stopped early, diverged, errored).
+        method: how it was estimated.
+        source: where its trials came from (a file, a store).
+        curvature: the Hessian of the relative metric gap over the log-hyperparameters at
+            the optimum, over the keys of ``values`` (None: the trials could not show it).
+        censored: per hyperparameter whose best trial sat on the space's hard bound, "upper"
+            (the optimum is at most the value) or "lower" (at least the value).
+        noise: the metric's relative noise sd estimated from this scale's trials (None: not
+            estimated).
+        skew: the gap's third derivatives at the optimum, the bowl's lopsidedness (None: not
+            estimated).
+    """
 
     scale: dict[str, float]
     values: dict[str, float]
@@ -54,16 +72,9 @@ class Optimum:
     n_excluded: int = 0
     method: str = ""
     source: str = ""
-    # Hessian of the relative metric gap w.r.t. the log-hyperparameters at the optimum
-    # (symmetric, over the keys of ``values``); None when the trials could not show it
     curvature: dict[str, dict[str, float]] | None = None
-    # hyperparameters whose best trial sat on the space's hard bound, so the optimum may lie
-    # beyond it: "upper" (the optimum is at most the value) or "lower" (at least the value)
     censored: dict[str, str] = field(default_factory=dict)
-    # the metric's relative noise sd estimated from this scale's trials (None: not estimated)
     noise: float | None = None
-    # third derivatives of the relative gap at the optimum (the bowl's lopsidedness), over the
-    # keys of ``values``; None when not estimated
     skew: dict[str, dict[str, dict[str, float]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +150,15 @@ class Optimum:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A hyperparameter's predicted optimum with its interval at ``coverage``."""
+    """A hyperparameter's predicted optimum with its interval at ``coverage``.
+
+    Args:
+        center: the predicted optimum.
+        low: the interval's lower end.
+        high: its upper end.
+        coverage: the interval's probability.
+        log_sd: the prediction's sd in log space.
+    """
 
     center: float
     low: float

@@ -56,10 +56,14 @@ def tune_console(verbose: int) -> Iterator[None]:
 class SweepProgress(Callback):
     """Print a sweep's progress as its trials finish (see the module docstring).
 
-    ``search`` is the sweep's ``LawSearch`` (Optuna numbers, the law's trial), ``governed`` the
-    hyperparameters shown per trial, ``total`` the sweep's trials and ``done`` how many of them
-    finished before (a resumed sweep); ``label`` (e.g. "ladder step 2 of 5") starts the header
-    and every status line.
+    Args:
+        search: the sweep's ``LawSearch`` (Optuna numbers, the law's trial).
+        governed: the hyperparameters shown per trial.
+        total: the sweep's trials.
+        done: how many of them finished before (a resumed sweep).
+        label: starts the header and every status line, e.g. "ladder step 2 of 5".
+        every: seconds without a line before a status line (default 30).
+        out: where lines go (default: stdout).
     """
 
     def __init__(self, search: LawSearch, governed: list[str], *, total: int, done: int = 0,

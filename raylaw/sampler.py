@@ -84,7 +84,7 @@ class LawSampler(BaseSampler):
             for name, term in law.terms.items():
                 if name in governed and term.fitted and budget in term.depends_on:
                     self._exponents[name] = float(term.coef[1 + term.depends_on.index(budget)])
-        # a declared noise (measured, e.g. by bench/lm_noise.py) is a prior; without one the
+        # a declared noise (measured for the space) is a prior; without one the
         # trials' residuals alone estimate it (a law fitted from cleaner data would mislead)
         if noise is None and space is not None:
             noise = space.noise

@@ -54,6 +54,18 @@ class LawSearch(Searcher):
     trial (restored by Tune from its last checkpoint) or a rerun one repeats the steps after
     that checkpoint, and their values replace the earlier run's, so the stored curve is the
     one lineage of the model that finished.
+
+    Args:
+        study: the sweep's study; its sampler suggests, and every result is written to it.
+        distributions: the parameters' Optuna distributions.
+        metric: the result key of the metric.
+        mode: "min" or "max".
+        constants: merged into every config.
+        fidelity: the result key of a trial's progress (e.g. "tokens"; None: iterations).
+        budget: the fidelity of a full-length trial (None: every trial is full-length).
+        resources: what each trial asked Ray for, recorded with it.
+        keep: the set the law's trial's Tune id is added to (``LawASHA.keep``).
+        experiment_dir: Tune's folder of this sweep, where a rerun trial's checkpoint is.
     """
 
     def __init__(self, study: optuna.Study, distributions: dict[str, BaseDistribution],

@@ -32,7 +32,10 @@ from raylaw.space import SearchSpace
 from raylaw.store import default_store, open_store, optima_from_studies, shown_url, sqlite_path
 
 if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
     from raylaw.scheduler import LawASHA
+    from raylaw.search import LawSearch
 
 __all__ = ["DEFAULT_TRAINABLE", "GRACE_FRACTION", "REDUCTION_FACTOR", "SweepConfig",
            "SweepResult", "asha_scheduler", "check_address", "init_ray", "load_law",
@@ -107,7 +110,27 @@ class SweepConfig:
 
 @dataclass
 class SweepResult:
-    """What a sweep found and what it did to the law."""
+    """What a sweep found and what it did to the law (``run_sweep`` returns it).
+
+    Args:
+        study_name: the sweep's study in the store.
+        counts: trials per status (completed, stopped, diverged, errored).
+        prediction: the law's prediction at the scale before the sweep.
+        optimum: this scale's optimum from every sweep of it in the store (None: no
+            completed full-length trial).
+        best_value: the best completed trial's metric.
+        best_params: its configuration, held hyperparameters included.
+        law_before: the law the sweep started from.
+        law_after: the law refitted after it (None: not refitted).
+        law_version: the numbered version written (None: none).
+        tokens_trained: what the trials cost in fidelity units, cooldowns included.
+        tokens_full: what full-length runs of every trial would have cost.
+        resumed: the sweep continued an interrupted one.
+        center_value: the metric the law's own prediction reached.
+        recommended: the sweep's answer, the model's optimum with intervals
+            (``LawSampler.recommendation``).
+        resources: what each trial asked Ray for (per worker).
+    """
 
     study_name: str
     counts: dict[str, int]
@@ -121,10 +144,9 @@ class SweepResult:
     tokens_trained: float
     tokens_full: float
     resumed: bool = False
-    center_value: float | None = None  # the metric the law's own prediction reached
-    # the sweep's answer: the model's optimum with intervals (``LawSampler.recommendation``)
+    center_value: float | None = None
     recommended: dict[str, Any] | None = None
-    resources: dict[str, float] | None = None  # what each trial asked Ray for (per worker)
+    resources: dict[str, float] | None = None
 
 
 def load_trainable(spec: str) -> Callable[[dict], Any]:
@@ -227,9 +249,9 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     return result
 
 
-def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search: Any,
-               scheduler: Any, trainable: Callable, spec: str, resources: dict[str, float],
-               remaining: int) -> None:
+def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search: LawSearch,
+               scheduler: LawASHA | None, trainable: Callable, spec: str,
+               resources: dict[str, float], remaining: int) -> None:
     """Run the trials on Ray Tune with ``scheduler`` (ASHA on the space's fidelity, or None);
     with ``workers_per_trial``, each trial drives a TorchTrainer (``raylaw.workers``)."""
     import ray
@@ -252,8 +274,8 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
         limit = limit or workers.max_concurrent(ray.nodes(), k, cpus, gpus)
     if not _USER_PENDING:
         # With a searcher, Tune starts the next trial only once the last one runs (1 pending
-        # trial): on one H200, trials that take ~10 s to start (torch, CUDA) at 0.25 GPU each
-        # then ran 2 at once, not 4. As many pending as fit the cluster now (or the limit).
+        # trial), so trials slow to start (torch, CUDA) run fewer at once than fit: as many
+        # pending as fit the cluster (or the limit).
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(
             limit or workers.max_concurrent(ray.nodes(), 1, cpus, gpus))
     tuner = tune.Tuner(
@@ -284,7 +306,7 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
 
 
 def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: ScalingLaw,
-           storage: Any, study: optuna.Study, prediction: dict[str, Prediction],
+           storage: BaseStorage, study: optuna.Study, prediction: dict[str, Prediction],
            resumed: bool, sampler: LawSampler) -> SweepResult:
     """The sweep's answer (stored as study attribute ``recommended``), this scale's optimum,
     then the law refitted from every sweep of the space in the store."""

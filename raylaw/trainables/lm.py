@@ -155,7 +155,12 @@ _DATA_CACHE: dict[tuple[str, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the data-parallel ranks of one trial (1 rank by default)."""
+    """This process's place among the data-parallel ranks of one trial (1 rank by default).
+
+    Args:
+        rank: this process's rank.
+        size: how many ranks train the trial.
+    """
 
     rank: int = 0
     size: int = 1
@@ -254,7 +259,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Byte-level decoder; the output head shares the token embedding matrix."""
+    """Byte-level decoder; the output head shares the token embedding matrix.
+
+    Args:
+        n_layer: transformer blocks.
+        n_embd: width.
+        n_head: attention heads (they divide ``n_embd``).
+        seq_len: the longest context, in bytes.
+    """
 
     def __init__(self, n_layer: int, n_embd: int, n_head: int, seq_len: int) -> None:
         super().__init__()
