@@ -57,7 +57,7 @@ def store_trials(out: Path, name: str) -> list:
 def check_sweep(out: Path, name: str, rc: int, device: str, samples: int,
                 min_at_once: int) -> dict:
     """What the store says about a sweep: devices, statuses, trials at once, trial seconds."""
-    from raylaw.store import most_at_once
+    from raylaw.records import most_at_once
 
     ts = store_trials(out, name)
     spans = [t.user_attrs["ran"] for t in ts if "ran" in t.user_attrs]

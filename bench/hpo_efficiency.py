@@ -116,7 +116,7 @@ def loso_law(i: int) -> ScalingLaw:
 def wrong_law(i: int) -> ScalingLaw:
     law = ScalingLaw.from_dict(loso_law(i).to_dict())  # a fresh copy, then moved 4x up
     for t in law.terms.values():
-        t.means[:, 0] += math.log(WRONG_FACTOR)
+        t.posterior.mean[0] += math.log(WRONG_FACTOR)
     return law
 
 

@@ -23,8 +23,8 @@ from optuna.trial import TrialState  # noqa: E402
 from ray.tune.stopper import Stopper  # noqa: E402
 
 from raylaw import SearchSpace  # noqa: E402
-from raylaw.optuna import trials_frame  # noqa: E402
-from raylaw.sweep import loopback_ray_env  # noqa: E402
+from raylaw.ray_start import loopback_ray_env  # noqa: E402
+from raylaw.records import trials_frame  # noqa: E402
 
 SPACE_FILE = ROOT / "search_spaces" / "lm.yaml"
 TRAINABLE = "raylaw.trainables.lm:train"

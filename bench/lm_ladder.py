@@ -69,9 +69,10 @@ from lm_common import (  # noqa: E402
 
 from raylaw import SearchSpace  # noqa: E402
 from raylaw.files import atomic_write_text  # noqa: E402
-from raylaw.optuna import LAW_CENTER_ATTR  # noqa: E402
+from raylaw.ray_start import init_ray  # noqa: E402
+from raylaw.records import LAW_CENTER_ATTR  # noqa: E402
 from raylaw.store import open_store  # noqa: E402
-from raylaw.sweep import SweepConfig, init_ray, load_law, run_sweep  # noqa: E402
+from raylaw.sweep import SweepConfig, load_law, run_sweep  # noqa: E402
 
 SECTION = "## LM ladder on CPU (bench/lm_ladder.py)"
 GOVERNED = ("lr", "batch_size")

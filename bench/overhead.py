@@ -58,7 +58,7 @@ def run_raw(trials: int, seconds: float, workdir: Path) -> dict:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from raylaw.sweep import loopback_ray_env
+    from raylaw.ray_start import loopback_ray_env
 
     loopback_ray_env(None)
     ray.init(address="local", num_cpus=2, include_dashboard=False,

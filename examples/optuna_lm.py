@@ -18,8 +18,7 @@ from pathlib import Path
 import optuna
 from optuna import distributions as od
 
-from raylaw import ScalingLaw, SearchSpace
-from raylaw.optuna import LawSampler
+from raylaw import LawSampler, ScalingLaw, SearchSpace
 from raylaw.trainables import lm
 
 ROOT = Path(__file__).resolve().parents[1]

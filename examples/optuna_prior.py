@@ -16,8 +16,14 @@ from pathlib import Path
 
 import optuna
 
-from raylaw import ScalingLaw, SearchSpace
-from raylaw.optuna import LawSampler, enqueue_prediction, law_from_studies, narrowed_distributions
+from raylaw import (
+    LawSampler,
+    ScalingLaw,
+    SearchSpace,
+    enqueue_prediction,
+    law_from_studies,
+    narrowed_distributions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 optuna.logging.set_verbosity(optuna.logging.WARNING)

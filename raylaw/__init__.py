@@ -3,8 +3,9 @@
 from raylaw.errors import RaylawError
 from raylaw.law import Optimum, Prediction, ScalingLaw
 from raylaw.optimum import extract_optimum, optima_by_scale
-from raylaw.optuna import LawSampler, enqueue_prediction, law_from_studies, narrowed_distributions
+from raylaw.sampler import LawSampler, enqueue_prediction, narrowed_distributions
 from raylaw.space import Param, SearchSpace
+from raylaw.store import law_from_studies
 from raylaw.sweep import SweepConfig, SweepResult, run_sweep
 
 __all__ = [

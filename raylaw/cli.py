@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ from raylaw.errors import RaylawError
 from raylaw.law import ScalingLaw
 from raylaw.optimum import optima_by_scale
 from raylaw.space import SearchSpace
-from raylaw.store import DEFAULT_STORE
-from raylaw.sweep import GRACE_FRACTION, REDUCTION_FACTOR
+from raylaw.store import DEFAULT_STORE, default_store
+from raylaw.sweep import GRACE_FRACTION, REDUCTION_FACTOR, SweepConfig
 
 
 def parse_scale(items: list[str] | None, flag: str = "--scale") -> dict[str, float]:
@@ -166,10 +165,8 @@ def cmd_plot(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}")
 
 
-def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
+def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> SweepConfig:
     """A SweepConfig from the shared sweep/ladder flags."""
-    from raylaw.sweep import SweepConfig
-
     space = SearchSpace.load(a.space)
     if a.samples < 1:
         raise RaylawError(f"--samples {a.samples}: must be at least 1")
@@ -192,7 +189,7 @@ def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> Any:
         except ValueError:
             constants[key] = value
     return SweepConfig(
-        space=space, scale=scale, law_path=a.law or f"{space.name}.law.json", store=a.store,
+        space=space, scale=scale, law_path=a.law, store=a.store,
         samples=a.samples, prior=None if a.prior == "none" else a.prior, coverage=a.coverage,
         cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
         workers_per_trial=a.workers_per_trial, trainable=a.trainable, constants=constants,
@@ -211,12 +208,14 @@ def quiet_optuna(verbose: int) -> None:
 
 
 def cmd_sweep(a: argparse.Namespace) -> None:
-    from raylaw.sweep import format_summary, run_sweep
+    from raylaw.sweep import run_sweep
 
     cfg = sweep_config(a, parse_scale(a.scale))
     cfg.scale = cfg.space.check_scale(cfg.scale)
     quiet_optuna(a.verbose)
     result = run_sweep(cfg, address=a.address)
+    from raylaw.progress import format_summary  # imports Ray: after run_sweep set it up
+
     print(format_summary(result))
     if result.law_after is not None:  # the coefficients are in the summary; the table on demand
         print(f"law: {cfg.law_path} (its table: python -m raylaw.tune show {cfg.law_path})")
@@ -242,7 +241,7 @@ def parse_scales(text: str, space: SearchSpace) -> list[dict[str, float]]:
 
 
 def cmd_ladder(a: argparse.Namespace) -> None:
-    from raylaw.sweep import format_summary, run_sweep
+    from raylaw.sweep import run_sweep
 
     space = SearchSpace.load(a.space)
     scales = parse_scales(a.scales, space)
@@ -252,6 +251,8 @@ def cmd_ladder(a: argparse.Namespace) -> None:
         cfg.label = f"ladder step {i + 1} of {len(scales)}"
         print(f"\n### {cfg.label}: " + ", ".join(f"{k}={v:g}" for k, v in scale.items()))
         result = run_sweep(cfg, address=a.address)
+        from raylaw.progress import format_summary  # imports Ray: after run_sweep set it up
+
         print(format_summary(result))
     law = ScalingLaw.load(cfg.law_path)
     print(f"\n{law_table(law)}\nlaw: {cfg.law_path}")
@@ -276,7 +277,7 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", required=True, help="search-space YAML file")
     p.add_argument("--law", help="law JSON file, read and refitted (default: SPACE_NAME.law.json)")
     p.add_argument("--samples", type=int, default=16, help="trials per sweep (default 16)")
-    p.add_argument("--store", default=os.environ.get("RAYLAW_STORE") or DEFAULT_STORE,
+    p.add_argument("--store", default=default_store(),
                    help="SQLAlchemy URL or SQLite path of the trial store, e.g. "
                    "postgresql+psycopg://USER@HOST/DB (default: $RAYLAW_STORE, else "
                    f"{DEFAULT_STORE})")

@@ -22,13 +22,17 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import optimize, stats
 
 from raylaw.errors import RaylawError
 from raylaw.files import atomic_write_text
+from raylaw.priors import Prior, prior_for
+
+if TYPE_CHECKING:
+    from raylaw.space import SearchSpace
 
 FORMAT = "raylaw.law"
 FORMAT_VERSION = 1
@@ -41,7 +45,25 @@ SHAPE_CLIP = (1e-2, 1e2)  # eigenvalue bounds of a normalized scatter shape
 
 @dataclass(frozen=True)
 class Optimum:
-    """One scale's estimated optimum: hyperparameter values and the std of their logs."""
+    """One scale's estimated optimum: hyperparameter values and the std of their logs.
+
+    Args:
+        scale: the scale, e.g. ``{"N": 1e9, "D": 2e10}``.
+        values: each governed hyperparameter's optimum.
+        sigmas: the std of each value's log.
+        n_trials: trials it was estimated from.
+        n_excluded: trials left out (stopped early, diverged, errored).
+        method: how it was estimated.
+        source: where its trials came from (a file, a store).
+        curvature: the Hessian of the relative metric gap over the log-hyperparameters at
+            the optimum, over the keys of ``values`` (None: the trials could not show it).
+        censored: per hyperparameter whose best trial sat on the space's hard bound, "upper"
+            (the optimum is at most the value) or "lower" (at least the value).
+        noise: the metric's relative noise sd estimated from this scale's trials (None: not
+            estimated).
+        skew: the gap's third derivatives at the optimum, the bowl's lopsidedness (None: not
+            estimated).
+    """
 
     scale: dict[str, float]
     values: dict[str, float]
@@ -50,16 +72,9 @@ class Optimum:
     n_excluded: int = 0
     method: str = ""
     source: str = ""
-    # Hessian of the relative metric gap w.r.t. the log-hyperparameters at the optimum
-    # (symmetric, over the keys of ``values``); None when the trials could not show it
     curvature: dict[str, dict[str, float]] | None = None
-    # hyperparameters whose best trial sat on the space's hard bound, so the optimum may lie
-    # beyond it: "upper" (the optimum is at most the value) or "lower" (at least the value)
     censored: dict[str, str] = field(default_factory=dict)
-    # the metric's relative noise sd estimated from this scale's trials (None: not estimated)
     noise: float | None = None
-    # third derivatives of the relative gap at the optimum (the bowl's lopsidedness), over the
-    # keys of ``values``; None when not estimated
     skew: dict[str, dict[str, dict[str, float]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,41 +149,16 @@ class Optimum:
 
 
 @dataclass(frozen=True)
-class Prior:
-    """Gaussian prior on one hyperparameter's coefficients [a, b_1, ..., b_k].
-
-    A published law carries ``exponent_sd`` of transfer uncertainty on its exponents, written
-    into ``cov`` as a tilt about ``pivot`` (log scale, where it was fitted). ``cov_at`` moves
-    that tilt to the scales a user's optima come from (see there).
-    """
-
-    mean: np.ndarray
-    cov: np.ndarray
-    source: str = ""
-    pivot: np.ndarray | None = None
-    exponent_sd: float = 0.0
-
-    def cov_at(self, center: np.ndarray) -> np.ndarray:
-        """The covariance with the exponents' transfer uncertainty tilting about ``center``.
-
-        A tilt about the published pivot ties a user's exponents to the level they imply there:
-        optima 10 e-folds away from it pin the exponent to +-(intercept sd)/10, however little
-        their own range says about it. About ``center`` (the log scales of the user's optima)
-        the exponents keep their own +-exponent_sd and the level there gets the variance the
-        tilt gave it (sd * distance), so the prediction at ``center`` is unchanged.
-        """
-        if self.pivot is None or self.exponent_sd == 0.0:
-            return self.cov
-        p, c = self.pivot, np.asarray(center, dtype=float)
-        jp, jc = np.vstack([-p, np.eye(len(p))]), np.vstack([-c, np.eye(len(c))])
-        moved = self.cov + self.exponent_sd**2 * (jc @ jc.T - jp @ jp.T)
-        moved[0, 0] += self.exponent_sd**2 * float((c - p) @ (c - p))
-        return moved
-
-
-@dataclass(frozen=True)
 class Prediction:
-    """A hyperparameter's predicted optimum with its interval at ``coverage``."""
+    """A hyperparameter's predicted optimum with its interval at ``coverage``.
+
+    Args:
+        center: the predicted optimum.
+        low: the interval's lower end.
+        high: its upper end.
+        coverage: the interval's probability.
+        log_sd: the prediction's sd in log space.
+    """
 
     center: float
     low: float
@@ -180,40 +170,150 @@ class Prediction:
         return {"center": self.center, "low": self.low, "high": self.high}
 
 
-@dataclass
-class Term:
-    """The law of one hyperparameter: prior, evidence, and the posterior over coefficients."""
+@dataclass(frozen=True)
+class Posterior:
+    """What a law knows about one hyperparameter's coefficients [a, b_1, ..., b_k].
 
-    depends_on: tuple[str, ...]
-    prior: Prior | None = None
-    # posterior, one Gaussian per tau grid point (weights sum to 1)
-    tau: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    means: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    covs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
-    n_obs: int = 0
+    The scatter tau of log-optima around the law is integrated over a grid: at each grid value
+    the coefficients are Gaussian, the same Gaussian at every value (raylaw's fits share one).
+
+    Args:
+        mean: the coefficients' mean.
+        cov: their covariance.
+        tau: the grid of scatter values (log space).
+        weights: each grid value's posterior weight (they sum to 1).
+    """
+
+    mean: np.ndarray
+    cov: np.ndarray
+    tau: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def of_prior(cls, prior: Prior) -> Posterior:
+        """No evidence: the prior's coefficients, tau integrated over its half-Cauchy prior."""
+        wts = _half_cauchy(TAU_GRID, TAU_PRIOR_SCALE) * _grid_widths(TAU_GRID)
+        return cls(prior.mean.copy(), prior.cov.copy(), TAU_GRID, wts / wts.sum())
 
     @property
-    def fitted(self) -> bool:
-        return len(self.weights) > 0
+    def means(self) -> np.ndarray:
+        """The coefficients' mean at each tau grid value (rows)."""
+        return np.tile(self.mean, (len(self.tau), 1))
 
     @property
-    def coef(self) -> np.ndarray:
-        """Posterior mean of [a, b_1, ..., b_k]."""
-        return self.weights @ self.means
-
-    @property
-    def coef_cov(self) -> np.ndarray:
-        """Posterior covariance of the coefficients (total covariance over tau)."""
-        m = self.coef
-        d = self.means - m
-        return np.einsum("j,jab->ab", self.weights, self.covs) + np.einsum(
-            "j,ja,jb->ab", self.weights, d, d)
+    def covs(self) -> np.ndarray:
+        """The coefficients' covariance at each tau grid value."""
+        return np.tile(self.cov, (len(self.tau), 1, 1))
 
     @property
     def scatter(self) -> float:
-        """Posterior mean of tau, this hyperparameter's std of log-optima around the law."""
+        """Posterior mean of tau."""
         return float(self.weights @ self.tau)
+
+    def mixture(self, f: np.ndarray, extra_sd: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """For features ``f`` (1, log scales): per tau grid value the log-optimum's mean and sd,
+        then the mixture's mean and sd; ``extra_sd`` widens every component."""
+        mu = self.means @ f
+        sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2 + extra_sd**2)
+        sd = np.maximum(sd, 1e-9)
+        center = float(self.weights @ mu)
+        return mu, sd, center, float(np.sqrt(self.weights @ (sd**2 + (mu - center) ** 2)))
+
+    def predict_log(self, f: np.ndarray, coverage: float,
+                    extra_sd: float = 0.0) -> tuple[float, float, float, float]:
+        """(center, low, high, sd) of the log-optimum at features ``f``: the mixture's mean, its
+        central ``coverage`` interval and its sd."""
+        mu, sd, center, total_sd = self.mixture(f, extra_sd)
+        alpha = (1.0 - coverage) / 2.0
+
+        def cdf(q: float, target: float) -> float:
+            return float(self.weights @ stats.norm.cdf((q - mu) / sd)) - target
+
+        lo_b, hi_b = center - 50 * total_sd, center + 50 * total_sd
+        low = optimize.brentq(cdf, lo_b, hi_b, args=(alpha,), xtol=1e-10)
+        high = optimize.brentq(cdf, lo_b, hi_b, args=(1.0 - alpha,), xtol=1e-10)
+        return center, low, high, total_sd
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"tau": self.tau.tolist(), "weights": self.weights.tolist()}
+
+    @classmethod
+    def from_dict(cls, t: dict[str, Any], p: int, where: str) -> Posterior:
+        """A law file's stored posterior of a term with ``p`` coefficients, checked: shapes, a
+        symmetric positive semi-definite ``cov``, non-negative tau values with weights that
+        sum to 1, and a ``scatter`` that is their mean."""
+        if any(k not in t for k in ("coef", "cov", "scatter")):
+            raise RaylawError(f"{where}: a scatter_posterior needs coef, cov and scatter")
+        mean = _finite_array(t["coef"], (p,), f"{where}.coef")
+        cov = _finite_array(t["cov"], (p, p), f"{where}.cov")
+        if not np.allclose(cov, cov.T) or np.any(np.linalg.eigvalsh(cov) < -1e-12):
+            raise RaylawError(f"{where}.cov must be symmetric positive semi-definite")
+        d = t["scatter_posterior"]
+        if not isinstance(d, dict):
+            raise RaylawError(f"{where}.scatter_posterior must map tau and weights to lists")
+        tau = _finite_array(d.get("tau"), None, f"{where}.scatter_posterior.tau")
+        weights = _finite_array(d.get("weights"), tau.shape, f"{where}.scatter_posterior.weights")
+        if (tau.ndim != 1 or not len(tau) or np.any(tau < 0) or np.any(weights < 0)
+                or abs(weights.sum() - 1.0) > 1e-9):
+            raise RaylawError(f"{where}.scatter_posterior: expected non-negative tau values and "
+                              "weights that sum to 1")
+        post = cls(mean, cov, tau, weights)
+        scatter = _nonneg(t["scatter"], f"{where}.scatter")
+        if abs(post.scatter - scatter) > 1e-9 * max(1.0, scatter):
+            raise RaylawError(f"{where}.scatter: {scatter!r} is not the mean of its "
+                              f"scatter_posterior ({post.scatter!r})")
+        return post
+
+
+@dataclass(frozen=True)
+class Term:
+    """The law of one hyperparameter: the scale variables it depends on, its prior, and (set by
+    ``ScalingLaw.fit``) its posterior.
+
+    Args:
+        depends_on: the scale variables of its power law, e.g. ("N", "D").
+        prior: a Gaussian prior on its coefficients (None: flat).
+        posterior: what a fit learned (None: not fitted).
+    """
+
+    depends_on: tuple[str, ...]
+    prior: Prior | None = None
+    posterior: Posterior | None = None
+
+    @property
+    def belief(self) -> Posterior | None:
+        """What predictions use: the posterior, or before any fit the prior alone."""
+        if self.posterior is None and self.prior is not None:
+            return Posterior.of_prior(self.prior)
+        return self.posterior
+
+    @property
+    def fitted(self) -> bool:
+        """Whether the term predicts: it has a posterior or a prior."""
+        return self.posterior is not None or self.prior is not None
+
+    @property
+    def coef(self) -> np.ndarray:
+        """Mean of [a, b_1, ..., b_k]."""
+        return self._belief().mean
+
+    @property
+    def coef_cov(self) -> np.ndarray:
+        """Covariance of the coefficients."""
+        return self._belief().cov
+
+    @property
+    def scatter(self) -> float:
+        """Mean of tau, this hyperparameter's std of log-optima around the law."""
+        return self._belief().scatter
+
+    def _belief(self) -> Posterior:
+        belief = self.belief
+        if belief is None:
+            raise RaylawError(f"the law of a hyperparameter on {list(self.depends_on)} has no "
+                              "prior and is not fitted")
+        return belief
 
     def check_identifiable(self, x: np.ndarray, name: str) -> None:
         """Without a prior, the optima must pin every coefficient down (and leave a residual)."""
@@ -226,63 +326,41 @@ class Term:
                 "sweep more scales or use a prior (--prior steplaw)")
 
     def features(self, scale: dict[str, float]) -> np.ndarray:
+        """[1, log x_1, ..., log x_k] for the scale variables this term depends on."""
         return np.array([1.0] + [math.log(scale[k]) for k in self.depends_on])
-
-    def prior_only(self) -> None:
-        """Predict from the prior alone: integrate tau over its prior."""
-        assert self.prior is not None
-        wts = _half_cauchy(TAU_GRID, TAU_PRIOR_SCALE) * _grid_widths(TAU_GRID)
-        self.tau = TAU_GRID
-        self.weights = wts / wts.sum()
-        self.means = np.tile(self.prior.mean, (len(TAU_GRID), 1))
-        self.covs = np.tile(self.prior.cov, (len(TAU_GRID), 1, 1))
-        self.n_obs = 0
-
-    def _mixture(self, scale: dict[str, float], extra_sd: float = 0.0
-                 ) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """Per tau grid point mean and sd of the log-optimum, and the mixture's mean and sd."""
-        f = self.features(scale)
-        mu = self.means @ f
-        sd = np.sqrt(np.einsum("a,jab,b->j", f, self.covs, f) + self.tau**2 + extra_sd**2)
-        sd = np.maximum(sd, 1e-9)
-        center = float(self.weights @ mu)
-        return mu, sd, center, float(np.sqrt(self.weights @ (sd**2 + (mu - center) ** 2)))
 
     def predict_log(self, scale: dict[str, float], coverage: float,
                     extra_sd: float = 0.0) -> tuple[float, float, float, float]:
-        """(center, low, high, sd) of the log-optimum: a Gaussian mixture over tau."""
-        mu, sd, center, total_sd = self._mixture(scale, extra_sd)
-        alpha = (1.0 - coverage) / 2.0
-
-        def cdf(q: float, target: float) -> float:
-            return float(self.weights @ stats.norm.cdf((q - mu) / sd)) - target
-
-        lo_b, hi_b = center - 50 * total_sd, center + 50 * total_sd
-        low = optimize.brentq(cdf, lo_b, hi_b, args=(alpha,), xtol=1e-10)
-        high = optimize.brentq(cdf, lo_b, hi_b, args=(1.0 - alpha,), xtol=1e-10)
-        return center, low, high, total_sd
+        """(center, low, high, sd) of the log-optimum at ``scale``: a Gaussian mixture over tau."""
+        return self._belief().predict_log(self.features(scale), coverage, extra_sd)
 
 
 class ScalingLaw:
-    """Power laws for a search space's governed hyperparameters, with a fit/predict interface.
+    """Power laws for a search space's governed hyperparameters, shaped like a scikit-learn
+    estimator: the constructor stores each term's scale variables and prior and fits nothing;
+    ``fit(optima)`` sets the fitted state (``optima`` and every term's ``posterior``) from exactly
+    the optima given and returns the law; before any fit, a term with a prior predicts from it.
 
     ``ScalingLaw.for_space(space, prior="steplaw").fit(optima).predict({"N": 1e9, "D": 2e10})``
+
+    Args:
+        space_name: the name of the search space the law is for.
+        terms: per governed hyperparameter, its scale variables and prior (a posterior they
+            carry is not kept: only ``fit`` and ``load`` set one).
+        provenance: where the law comes from (prior, sources, version, ...), saved with it.
     """
 
-    def __init__(self, space_name: str, terms: dict[str, Term],
-                 optima: list[Optimum] | None = None, provenance: dict[str, Any] | None = None):
+    def __init__(self, space_name: str, terms: dict[str, Term], *,
+                 provenance: dict[str, Any] | None = None) -> None:
         self.space_name = space_name
-        self.terms = terms
-        self.optima: list[Optimum] = list(optima or [])
+        self.terms = {name: Term(t.depends_on, t.prior) for name, t in terms.items()}
         self.provenance: dict[str, Any] = dict(provenance or {})
-        self._refresh()
+        self.optima: list[Optimum] = []
 
     # construction -------------------------------------------------------------------------
     @classmethod
-    def for_space(cls, space: Any, prior: str | None = "steplaw") -> ScalingLaw:
+    def for_space(cls, space: SearchSpace, prior: str | None = "steplaw") -> ScalingLaw:
         """An unfitted law for a SearchSpace's governed hyperparameters, optionally with a prior."""
-        from raylaw.priors import prior_for
-
         terms = {}
         sources = []
         for name, hp in space.governed.items():
@@ -294,43 +372,40 @@ class ScalingLaw:
             raise RaylawError(
                 f"prior '{prior}' applies to none of space '{space.name}' governed hyperparameters "
                 f"{list(space.governed)} (it covers lr on N and D, and batch size on D)")
-        return cls(space.name, terms, provenance={"prior": prior or "none", "prior_terms": sources})
+        return cls(space.name, terms,
+                   provenance={"prior": prior or "none", "prior_terms": sources})
 
     @property
     def scale_names(self) -> list[str]:
         return sorted({k for t in self.terms.values() for k in t.depends_on})
 
-    def _refresh(self) -> None:
-        """Recompute every term's posterior from its prior and the stored optima."""
-        observed = [n for n in self.terms if any(n in o.values for o in self.optima)]
-        for name, term in self.terms.items():
-            if name in observed:
-                continue
-            if term.prior is not None:
-                term.prior_only()
-            else:
-                term.tau = np.zeros(0)
-                term.weights = np.zeros(0)
-                term.n_obs = 0
-        if observed:
-            _fit_censored({n: self.terms[n] for n in observed}, self.optima)
-
     def fit(self, optima: list[Optimum], source: str = "") -> ScalingLaw:
-        """Add per-scale optima as evidence and refit every term; returns self."""
+        """Fit every term to exactly ``optima`` (what earlier fits saw is replaced); returns self.
+
+        Fitting twice with the same optima gives the same law; to add evidence, pass it with
+        the old: ``law.fit(law.optima + new)``. ``source`` is recorded in the provenance.
+        """
+        optima = list(optima)
         missing = [(o.scale, k) for o in optima for t in self.terms.values()
                    for k in t.depends_on if k not in o.scale]
         if missing:
             raise RaylawError(f"optimum at scale {missing[0][0]} lacks scale variable "
                               f"'{missing[0][1]}'")
-        self.optima.extend(optima)
-        self._refresh()
+        self._set_fit(optima, _posteriors(self.terms, optima))
         self.provenance.update({
             "fitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "n_optima": len(self.optima),
         })
-        if source:
-            self.provenance.setdefault("sources", []).append(source)
+        sources = list(self.provenance.get("sources", []))
+        if source and source not in sources:
+            self.provenance["sources"] = [*sources, source]
         return self
+
+    def _set_fit(self, optima: list[Optimum], posteriors: dict[str, Posterior]) -> None:
+        """The fitted state: the evidence and each term's posterior (None: unobserved, no prior)."""
+        self.optima = optima
+        self.terms = {name: dataclasses.replace(t, posterior=posteriors.get(name))
+                      for name, t in self.terms.items()}
 
     # prediction ---------------------------------------------------------------------------
     def predict(self, scale: dict[str, float], coverage: float = 0.9,
@@ -369,14 +444,14 @@ class ScalingLaw:
                 continue
             names = ["log_a"] + [f"b_{k}" for k in term.depends_on]
             se = np.sqrt(np.diag(term.coef_cov))
-            resid = [o.residual(name, float(term.features(o.scale) @ term.coef))
-                     for o in self.optima if name in o.values]
+            mine = [o for o in self.optima if name in o.values]
+            resid = [o.residual(name, float(term.features(o.scale) @ term.coef)) for o in mine]
             out[name] = {
                 "fitted": True,
                 "coef": dict(zip(names, term.coef.tolist())),
                 "se": dict(zip(names, se.tolist())),
                 "scatter": term.scatter,
-                "n_obs": term.n_obs,
+                "n_obs": len(mine),
                 "rms_residual": float(np.sqrt(np.mean(np.square(resid)))) if resid else None,
                 "prior": term.prior.source if term.prior is not None else None,
             }
@@ -394,10 +469,12 @@ class ScalingLaw:
                     d["prior"]["pivot"] = dict(zip(term.depends_on,
                                                    np.exp(term.prior.pivot).tolist()))
                     d["prior"]["exponent_sd"] = term.prior.exponent_sd
-            if term.fitted:
-                d["coef"] = term.coef.tolist()
-                d["cov"] = term.coef_cov.tolist()
-                d["scatter"] = term.scatter
+            belief = term.belief
+            if belief is not None:  # coef, cov and scatter summarize it for readers
+                d["coef"] = belief.mean.tolist()
+                d["cov"] = belief.cov.tolist()
+                d["scatter"] = belief.scatter
+                d["scatter_posterior"] = belief.to_dict()
             terms[name] = d
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION, "space": self.space_name,
@@ -411,7 +488,11 @@ class ScalingLaw:
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "law") -> ScalingLaw:
-        """Validate a parsed law file; the posterior is recomputed from prior and optima."""
+        """Validate a parsed law file and restore its fit as stored.
+
+        A file written before raylaw stored each term's ``scatter_posterior`` gets the fit
+        recomputed from its prior and optima, as the raylaw that wrote it did.
+        """
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise RaylawError(f"{where}: not a raylaw law file (expected \"format\": \"{FORMAT}\")")
         ver = d.get("format_version")
@@ -421,7 +502,9 @@ class ScalingLaw:
         terms_d = d.get("terms")
         if not isinstance(terms_d, dict) or not terms_d:
             raise RaylawError(f"{where}: field 'terms' must be a non-empty mapping")
-        terms = {}
+        terms: dict[str, Term] = {}
+        stored: dict[str, Posterior] = {}
+        written_before_posteriors = False
         for name, t in terms_d.items():
             tw = f"{where}: terms.{name}"
             deps = t.get("depends_on") if isinstance(t, dict) else None
@@ -447,6 +530,10 @@ class ScalingLaw:
                     _finite_array(t[key], None, f"{tw}.{key}")
             if "scatter" in t:
                 _nonneg(t["scatter"], f"{tw}.scatter")
+            if "scatter_posterior" in t:
+                stored[str(name)] = Posterior.from_dict(t, len(deps) + 1, tw)
+            elif "coef" in t:
+                written_before_posteriors = True
             terms[str(name)] = Term(tuple(deps), prior)
         optima_d = d.get("optima", [])
         if not isinstance(optima_d, list):
@@ -456,7 +543,15 @@ class ScalingLaw:
         if not isinstance(space, str):
             raise RaylawError(f"{where}: field 'space' must be a string")
         prov = d.get("provenance", {})
-        return cls(space, terms, optima, prov if isinstance(prov, dict) else {})
+        law = cls(space, terms, provenance=prov if isinstance(prov, dict) else {})
+        if written_before_posteriors:
+            stored = _posteriors(law.terms, optima)
+        for name in law.terms:
+            if name not in stored and any(name in o.values for o in optima):
+                raise RaylawError(f"{where}: terms.{name} has optima but no fit (coef, cov, "
+                                  "scatter and scatter_posterior)")
+        law._set_fit(optima, stored)
+        return law
 
     @classmethod
     def load(cls, path: str | Path) -> ScalingLaw:
@@ -473,17 +568,27 @@ class ScalingLaw:
         return cls.from_dict(data, where=str(path))
 
 
-def _fit_censored(terms: dict[str, Term], optima: list[Optimum]) -> None:
+def _posteriors(terms: dict[str, Term], optima: list[Optimum]) -> dict[str, Posterior]:
+    """Each term's posterior given ``optima``: observed terms fitted jointly, the others their
+    prior alone (no entry for a term with neither)."""
+    observed = {n: t for n, t in terms.items() if any(n in o.values for o in optima)}
+    out = {n: Posterior.of_prior(t.prior) for n, t in terms.items()
+           if n not in observed and t.prior is not None}
+    if observed:
+        out.update(_fit_censored(observed, optima))
+    return out
+
+
+def _fit_censored(terms: dict[str, Term], optima: list[Optimum]) -> dict[str, Posterior]:
     """``_fit_joint``, where a censored optimum (a bound) counts as the expected log-optimum
     beyond its bound under the current fit (EM for a Tobit model), refitted until it settles.
 
-    An optimum on the space's floor says "here or lower": as a point it holds the law up (a
-    batch size law fitted to optima on a floor of 1 kept the prior's growth with D and
-    predicted 2-5 at the next scale, where 1 was best); as a bound it lets the law go below.
+    An optimum on the space's floor says "here or lower": as a point it would hold the law up;
+    as a bound it lets the law go below.
     """
     work = list(optima)
     for _ in range(CENSORED_ITERATIONS):
-        _fit_joint(terms, work)
+        fit = _fit_joint(terms, work)
         moved = 0.0
         for i, o in enumerate(optima):
             sides = {n: s for n, s in o.censored.items() if n in terms}
@@ -491,7 +596,7 @@ def _fit_censored(terms: dict[str, Term], optima: list[Optimum]) -> None:
                 continue
             values = dict(work[i].values)
             for name, side in sides.items():
-                _, _, center, sd = terms[name]._mixture(o.scale)
+                _, _, center, sd = fit[name].mixture(terms[name].features(o.scale))
                 s = math.hypot(sd, max(o.sigmas.get(name, 0.0), MIN_SIGMA))
                 a = (math.log(o.values[name]) - center) / s
                 # truncated normal mean: below the bound (upper) or above it (lower)
@@ -503,10 +608,11 @@ def _fit_censored(terms: dict[str, Term], optima: list[Optimum]) -> None:
                 values[name] = math.exp(z)
             work[i] = dataclasses.replace(work[i], values=values)
         if moved < CENSORED_TOL:
-            return
+            break
+    return fit
 
 
-def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> None:
+def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> dict[str, Posterior]:
     """Posterior of all terms' coefficients together, then each term's own scatter.
 
     Each optimum's log-values y_s = X_s beta + e_s with e_s ~ N(0, diag(sigma_s^2) + tau^2 M_s):
@@ -572,6 +678,7 @@ def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> None:
     mean = post @ means_a
     dev = means_a - mean
     cov = np.einsum("j,jab->ab", post, covs_a) + np.einsum("j,ja,jb->ab", post, dev, dev)
+    out = {}
     for k, (name, term) in enumerate(terms.items()):
         # each hyperparameter's own scatter around the joint center, for honest intervals
         blk = slice(offs[k], offs[k + 1])
@@ -587,11 +694,9 @@ def _fit_joint(terms: dict[str, Term], optima: list[Optimum]) -> None:
                                   + np.linalg.slogdet(info)[1]))
         wk = _tau_posterior(np.array(logl_k))
         keep = wk > 1e-8
-        term.tau = TAU_GRID[keep]
-        term.weights = wk[keep] / wk[keep].sum()
-        term.means = np.tile(mean[blk], (int(keep.sum()), 1))
-        term.covs = np.tile(cov[blk, blk], (int(keep.sum()), 1, 1))
-        term.n_obs = len(mine)
+        out[name] = Posterior(mean[blk].copy(), cov[blk, blk].copy(), TAU_GRID[keep],
+                              wk[keep] / wk[keep].sum())
+    return out
 
 
 def _tau_posterior(logl: np.ndarray) -> np.ndarray:

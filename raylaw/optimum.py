@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,9 @@ from raylaw.errors import RaylawError
 from raylaw.landscape import BowlPrior, fit_bowl
 from raylaw.law import Optimum
 
-STATUSES = ("completed", "stopped", "diverged", "errored")
+if TYPE_CHECKING:
+    from raylaw.space import SearchSpace
+
 MIN_SIGMA = 0.02  # log-space floor of an optimum's sd
 MIN_POOLED = 4  # optima needed to measure how much the bowl's shape varies between scales
 DEFAULT_CURVATURE_SD = 0.7  # relative sd of a pooled curvature from fewer optima
@@ -32,7 +34,7 @@ DEFAULT_SKEW_SD = 0.5  # sd of pooled third derivatives from fewer optima, in th
 UNBOUND_SIGMA = 0.5  # log-space sd of an optimum bounded only by the hard range
 
 
-def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
+def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: SearchSpace,
                     scale: dict[str, float] | None = None, source: str = "", *,
                     shape: Shape | None = None, noise: float | None = None) -> Optimum:
     """One scale's optimum from its trials (columns: hyperparameters, metric, ``status``).
@@ -103,7 +105,7 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: Any,
                    curv_out, censored, noise_out, skew_out)
 
 
-def _log_bound(space: Any, name: str, which: str) -> float:
+def _log_bound(space: SearchSpace, name: str, which: str) -> float:
     p = space.governed[name]
     v = getattr(p, which)
     if v is None or v <= 0:
@@ -134,7 +136,7 @@ def _tensor(skew: dict[str, dict[str, dict[str, float]]] | None, names: list[str
     return t if t is not None and np.all(np.isfinite(t)) else None
 
 
-def _bound_side(space: Any, name: str, log_value: float) -> str | None:
+def _bound_side(space: SearchSpace, name: str, log_value: float) -> str | None:
     """"upper" where ``log_value`` sits on the hard floor of the space's governed ``name`` (the
     optimum is at most there), "lower" on its ceiling, else None."""
     p = getattr(space, "governed", {}).get(name)
@@ -212,7 +214,7 @@ def pooled_noise(optima: list[Optimum]) -> float | None:
     return float(np.median(vals)) if vals else None
 
 
-def optima_by_scale(df: pd.DataFrame, space: Any, source: str = "") -> list[Optimum]:
+def optima_by_scale(df: pd.DataFrame, space: SearchSpace, source: str = "") -> list[Optimum]:
     """Group trials by the space's scale variables and extract each scale's optimum.
 
     The bowl's shape (curvature, lopsidedness) and the metric's noise are shared across scales:
@@ -230,7 +232,7 @@ def optima_by_scale(df: pd.DataFrame, space: Any, source: str = "") -> list[Opti
     return optima_pooled(groups, space, source, noise=getattr(space, "noise", None))
 
 
-def optima_pooled(groups: list[tuple[dict[str, float], pd.DataFrame]], space: Any,
+def optima_pooled(groups: list[tuple[dict[str, float], pd.DataFrame]], space: SearchSpace,
                   source: str = "", noise: float | None = None,
                   skip_empty: bool = False) -> list[Optimum]:
     """``extract_optimum`` for each (scale, trials) group, curvature and noise pooled.

@@ -15,12 +15,56 @@ published exponent by the long lever arm back to it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from raylaw.errors import RaylawError
-from raylaw.law import Prior
+
+if TYPE_CHECKING:
+    from raylaw.space import Param
+
+
+@dataclass(frozen=True)
+class Prior:
+    """Gaussian prior on one hyperparameter's coefficients [a, b_1, ..., b_k].
+
+    A published law carries ``exponent_sd`` of transfer uncertainty on its exponents, written
+    into ``cov`` as a tilt about ``pivot`` (log scale, where it was fitted). ``cov_at`` moves
+    that tilt to the scales a user's optima come from (see there).
+
+    Args:
+        mean: prior mean of [a, b_1, ..., b_k] (log-space intercept, then the exponents).
+        cov: their prior covariance, transfer uncertainty included.
+        source: where the prior comes from, for tables and law files.
+        pivot: log scales about which ``cov`` tilts the exponents (None: no tilt).
+        exponent_sd: the exponents' transfer sd that tilt carries.
+    """
+
+    mean: np.ndarray
+    cov: np.ndarray
+    source: str = ""
+    pivot: np.ndarray | None = None
+    exponent_sd: float = 0.0
+
+    def cov_at(self, center: np.ndarray) -> np.ndarray:
+        """The covariance with the exponents' transfer uncertainty tilting about ``center``.
+
+        A tilt about the published pivot ties a user's exponents to the level they imply there:
+        optima 10 e-folds away from it pin the exponent to +-(intercept sd)/10, however little
+        their own range says about it. About ``center`` (the log scales of the user's optima)
+        the exponents keep their own +-exponent_sd and the level there gets the variance the
+        tilt gave it (sd * distance), so the prediction at ``center`` is unchanged.
+        """
+        if self.pivot is None or self.exponent_sd == 0.0:
+            return self.cov
+        p, c = self.pivot, np.asarray(center, dtype=float)
+        jp, jc = np.vstack([-p, np.eye(len(p))]), np.vstack([-c, np.eye(len(c))])
+        moved = self.cov + self.exponent_sd**2 * (jc @ jc.T - jp @ jp.T)
+        moved[0, 0] += self.exponent_sd**2 * float((c - p) @ (c - p))
+        return moved
+
 
 TRANSFER_SD = 1.0  # log-space std added to the intercept: "your setup is not theirs"
 TRANSFER_EXPONENT_SD = 0.2  # std added to each exponent, for the same reason
@@ -46,7 +90,7 @@ PRIORS = {"steplaw": STEPLAW}
 ROLES = {"lr": "lr", "learning_rate": "lr", "bs": "batch_size", "batch_size": "batch_size"}
 
 
-def prior_for(prior: str, name: str, hp: Any, transfer_sd: float = TRANSFER_SD,
+def prior_for(prior: str, name: str, hp: Param, transfer_sd: float = TRANSFER_SD,
               exponent_sd: float = TRANSFER_EXPONENT_SD) -> Prior | None:
     """The named published prior for governed hyperparameter ``hp``, in the space's units.
 

@@ -1,4 +1,5 @@
-"""A sweep's console progress that fits a screen: a Ray Tune callback.
+"""A sweep's console output that fits a screen: its progress (a Ray Tune callback) and its
+end-of-sweep summary.
 
 One line per finished trial (its Optuna number, status, metric, fidelity reached and governed
 hyperparameters) with the best completed trial so far and what the law's own prediction
@@ -16,11 +17,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ray.tune import Callback
 
 from raylaw.search import LawSearch, trial_status
+
+if TYPE_CHECKING:
+    from raylaw.sweep import SweepResult
 
 STATUS_EVERY_S = 30.0
 
@@ -52,10 +56,14 @@ def tune_console(verbose: int) -> Iterator[None]:
 class SweepProgress(Callback):
     """Print a sweep's progress as its trials finish (see the module docstring).
 
-    ``search`` is the sweep's ``LawSearch`` (Optuna numbers, the law's trial), ``governed`` the
-    hyperparameters shown per trial, ``total`` the sweep's trials and ``done`` how many of them
-    finished before (a resumed sweep); ``label`` (e.g. "ladder step 2 of 5") starts the header
-    and every status line.
+    Args:
+        search: the sweep's ``LawSearch`` (Optuna numbers, the law's trial).
+        governed: the hyperparameters shown per trial.
+        total: the sweep's trials.
+        done: how many of them finished before (a resumed sweep).
+        label: starts the header and every status line, e.g. "ladder step 2 of 5".
+        every: seconds without a line before a status line (default 30).
+        out: where lines go (default: stdout).
     """
 
     def __init__(self, search: LawSearch, governed: list[str], *, total: int, done: int = 0,
@@ -171,6 +179,66 @@ class SweepProgress(Callback):
         mark = "*" if trial.trial_id in s.keep else " "
         self._print(f"{number:>5}{mark} {status:<10}{shown:>9}  {reached:<11}{hps}"
                     + self._vs() + tail)
+
+
+# the end-of-sweep summary ----------------------------------------------------------------
+def format_summary(r: SweepResult) -> str:
+    """The end-of-sweep summary: prediction vs optimum, best trial, law before/after, cost."""
+    lines = [f"\n== sweep {r.study_name}{' (resumed)' if r.resumed else ''} ==",
+             "trials: " + ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items()))]
+    if r.resources:
+        lines.append(resources_line(r.resources))
+    if r.best_value is not None:
+        lines.append(f"best trial: {r.best_value:.5g}  " + ", ".join(
+            f"{k}={_fmt(v)}" for k, v in r.best_params.items()))
+    if r.center_value is not None:
+        lines.append(f"law's prediction, trained to full length: {r.center_value:.5g}")
+    if r.recommended is not None:
+        rec = r.recommended
+        parts = [f"{k}={_fmt(v)}" + (f" [{rec['low'][k]:.3g}, {rec['high'][k]:.3g}]"
+                                     if k in rec["low"] else "")
+                 for k, v in rec["params"].items()]
+        noise = f"; metric noise ~{rec['noise']:.2%}" if rec.get("noise") is not None else ""
+        lines.append("answer (the model's optimum, " f"{rec['coverage']:.0%} intervals): "
+                     + ", ".join(parts) + noise)
+    if r.optimum is not None:
+        lines.append(f"{'hp':<14}{'predicted':>11}{'interval':>24}{'found':>11}"
+                     f"{'log err':>9}  inside")
+        for name, v in r.optimum.values.items():
+            p = r.prediction.get(name)
+            if p is None:
+                lines.append(f"{name:<14}{'-':>11}{'-':>24}{v:>11.4g}")
+                continue
+            err = math.log(v / p.center)
+            inside = r.optimum.inside(name, p.low, p.high)  # one-sided for a bound
+            found = r.optimum.mark(name) + f"{v:.4g}"
+            lines.append(f"{name:<14}{p.center:>11.4g}{f'[{p.low:.3g}, {p.high:.3g}]':>24}"
+                         f"{found:>11}{err:>+9.3f}  {'yes' if inside else 'NO'}")
+    else:
+        lines.append("no completed full-length trial: no optimum at this scale")
+    for label, law in (("law before", r.law_before), ("law after", r.law_after)):
+        if law is None:
+            continue
+        parts = []
+        for name, s in law.summary().items():
+            if s.get("fitted"):
+                parts.append(f"{name}: " + " ".join(f"{k}={v:+.3f}" for k, v in s["coef"].items()))
+        lines.append(f"{label}: " + "; ".join(parts))
+    if r.law_version is not None:
+        lines.append(f"law version {r.law_version} written")
+    if r.tokens_full:
+        lines.append(f"tokens trained: {r.tokens_trained:.3g} vs {r.tokens_full:.3g} for a "
+                     f"full-length run of every trial ({r.tokens_trained / r.tokens_full:.0%})")
+    return "\n".join(lines)
+
+
+def resources_line(res: dict[str, float]) -> str:
+    """What each trial asked Ray for, e.g. "2 workers x (0.5 CPU, 0 GPU)" per trial."""
+    each = f"{res['cpu']:g} CPU, {res['gpu']:g} GPU"
+    if res.get("workers"):
+        return (f"resources per trial: {res['workers']:g} Ray Train workers x ({each}) "
+                f"= {res['workers'] * res['cpu']:g} CPU, {res['workers'] * res['gpu']:g} GPU")
+    return f"resources per trial: {each}"
 
 
 def _error_text(trial: Any) -> str:

@@ -1,4 +1,5 @@
-"""``LawSampler``: an Optuna sampler that searches where a scaling law predicts the optimum.
+"""``LawSampler``: an Optuna sampler that searches where a scaling law predicts the optimum,
+and helpers for studies that keep their own sampler.
 
 It models the governed hyperparameters' landscape at the target scale as a Bayesian bowl
 (``raylaw.landscape``) whose vertex prior is the law's prediction, fitted to the study's
@@ -7,7 +8,9 @@ vertex, so they concentrate where the optimum probably is and spread as far as i
 uncertain; its answer, ``recommend``, is the posterior's optimum, which may be a configuration
 never tried, not the luckiest trial. Every other parameter is left to ``base_sampler``. The
 sampler keeps no state between trials: it recomputes from the study, so several workers can
-share an RDB storage.
+share an RDB storage. Users who keep their own sampler can narrow its distributions to the
+law's interval (``narrowed_distributions``) or enqueue the law's prediction
+(``enqueue_prediction``).
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from optuna.trial import FrozenTrial, TrialState
 from raylaw.landscape import Bowl, BowlPrior, fit_bowl
 from raylaw.law import Prediction, ScalingLaw
 from raylaw.optimum import pooled_shape
+from raylaw.records import mark_law_center
 from raylaw.space import SearchSpace
 
-LAW_CENTER_ATTR = "law_center"  # trial user attribute: the trial is the law's prediction
 MIN_SUPPORT = 3  # trials on the bowl before the recommendation is kept near them
 EXPLORE_EVERY = 8  # every 8th trial looks anywhere in the declared ranges
 DECLARED_NOISE_SD = 0.5  # log-sd of the noise prior around a declared noise
@@ -81,7 +84,7 @@ class LawSampler(BaseSampler):
             for name, term in law.terms.items():
                 if name in governed and term.fitted and budget in term.depends_on:
                     self._exponents[name] = float(term.coef[1 + term.depends_on.index(budget)])
-        # a declared noise (measured, e.g. by bench/lm_noise.py) is a prior; without one the
+        # a declared noise (measured for the space) is a prior; without one the
         # trials' residuals alone estimate it (a law fitted from cleaner data would mislead)
         if noise is None and space is not None:
             noise = space.noise
@@ -244,7 +247,7 @@ class LawSampler(BaseSampler):
             return {n: cached[n] for n in dists}
         if self._vertex and _is_first(study, trial):
             # marked in the store: the sweep runs the law's own recommendation to full length
-            study._storage.set_trial_user_attr(trial._trial_id, LAW_CENTER_ATTR, True)
+            mark_law_center(study, trial)
             values = {n: _snap(self._vertex[n].center, d) for n, d in dists.items()
                       if n in self._vertex}
         elif self._explore and trial.number % self._explore == self._explore - 1:
@@ -296,6 +299,25 @@ class LawSampler(BaseSampler):
     def _models(self, name: str, dist: BaseDistribution) -> bool:
         return (name in self._names and isinstance(dist, (FloatDistribution, IntDistribution))
                 and dist.low < dist.high and dist.high > 0)
+
+
+# helpers for users who keep their own sampler ------------------------------------------------
+def narrowed_distributions(law: ScalingLaw | None, space: SearchSpace, scale: dict[str, float],
+                           coverage: float = 0.9) -> dict[str, BaseDistribution]:
+    """Optuna distributions for ``space``, governed ones narrowed to the law's interval."""
+    return space.optuna_distributions(law, scale, coverage)
+
+
+def enqueue_prediction(study: Study, law: ScalingLaw, space: SearchSpace,
+                       scale: dict[str, float], extra: dict[str, Any] | None = None) -> dict:
+    """Enqueue the law's predicted optimum (snapped to the space's bounds) as the next trial."""
+    params = {}
+    for name, pred in law.predict(scale).items():
+        if name in space.governed:
+            params[name] = _snap(pred.center, space.governed[name].optuna())
+    params.update(extra or {})
+    study.enqueue_trial(params, skip_if_exists=True)
+    return params
 
 
 def _fresh_seed() -> int:

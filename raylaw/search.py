@@ -4,10 +4,9 @@ Unlike Ray's own ``OptunaSearch``, a trial that ASHA stopped early is told to Op
 PRUNED (its learning curve is in the intermediate values, keyed by fidelity), never as
 COMPLETE with a low-fidelity value; a diverged trial is FAIL with status ``diverged``; a
 crashed one FAIL with status ``errored``. The study's storage is the durable store: each
-result is written as it arrives, so a crash of the driver loses no finished trial. A trainable
-that trains more than its fidelity says (the LM's cooldowns at rungs) reports the total as
-``<fidelity>_spent``; it is kept as the trial's ``spent`` attribute. When each trial ran (Tune's
-clock, seconds since the epoch) is kept as ``ran`` = [start, end].
+result is written as it arrives, so a crash of the driver loses no finished trial. What each
+trial records besides (its Tune id, resources, status, fidelity reached, cost, device, when it
+ran) is listed in ``raylaw.records``.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from raylaw.optuna import LAW_CENTER_ATTR, STATUS_ATTR
-
-RAY_TRIAL_ATTR = "ray_trial_id"
+from raylaw import records
+from raylaw.records import RAY_TRIAL_ATTR  # noqa: F401 - importable from here, as before
 
 
 def trial_status(result: dict[str, Any] | None, error: bool, metric: str,
@@ -56,6 +54,18 @@ class LawSearch(Searcher):
     trial (restored by Tune from its last checkpoint) or a rerun one repeats the steps after
     that checkpoint, and their values replace the earlier run's, so the stored curve is the
     one lineage of the model that finished.
+
+    Args:
+        study: the sweep's study; its sampler suggests, and every result is written to it.
+        distributions: the parameters' Optuna distributions.
+        metric: the result key of the metric.
+        mode: "min" or "max".
+        constants: merged into every config.
+        fidelity: the result key of a trial's progress (e.g. "tokens"; None: iterations).
+        budget: the fidelity of a full-length trial (None: every trial is full-length).
+        resources: what each trial asked Ray for, recorded with it.
+        keep: the set the law's trial's Tune id is added to (``LawASHA.keep``).
+        experiment_dir: Tune's folder of this sweep, where a rerun trial's checkpoint is.
     """
 
     def __init__(self, study: optuna.Study, distributions: dict[str, BaseDistribution],
@@ -74,28 +84,23 @@ class LawSearch(Searcher):
         self._live: dict[str, optuna.Trial] = {}
         self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
         self.experiment_dir = experiment_dir
-        self._last: dict[int, tuple[int, float]] = {}  # the point written last, per trial
+        self._last: dict[int, tuple[int, float]] = {}  # the point written last, per trial number
         self._rerun = list(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        self.counts = {"completed": 0, "stopped": 0, "diverged": 0, "errored": 0}
+        self.counts = dict.fromkeys(records.STATUSES, 0)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         extra = {}
         if self._rerun:  # an unfinished trial of an interrupted sweep: run it again, same record
             before = self._rerun.pop(0)
-            trial = optuna.Trial(self.study, before._trial_id)
-            for name, dist in self.distributions.items():  # as study.ask does: a driver
-                trial._suggest(name, dist)  # killed mid-ask left some unset (kept ones stay)
-            restore = last_checkpoint(self.experiment_dir, before.user_attrs.get(RAY_TRIAL_ATTR))
+            trial = records.reopen(self.study, before, self.distributions)
+            restore = last_checkpoint(self.experiment_dir, records.ray_trial_id(before))
             extra = {"restore_from": restore} if restore else {}
         else:
             trial = self.study.ask(self.distributions)
-        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        records.record_start(trial, trial_id, self.resources)
         self.numbers[trial_id] = trial.number
-        # the sampler marked it in the store (a Trial's own user_attrs are a cache of its own)
-        if self.study._storage.get_trial_user_attrs(trial._trial_id).get(LAW_CENTER_ATTR):
+        if records.marked_law_center(self.study, trial):
             self.keep.add(trial_id)
-        if self.resources:
-            trial.set_user_attr("resources", self.resources)
         self._live[trial_id] = trial
         return {**trial.params, **self.constants, **extra}
 
@@ -121,10 +126,9 @@ class LawSearch(Searcher):
         if step is None:
             step = result.get("training_iteration", 0)
         point = (int(step), float(value))
-        if self._last.get(trial._trial_id) != point:  # the last result comes again at the end
-            self._last[trial._trial_id] = point
-            # not trial.report, which keeps a step's first value: a later run's replaces it
-            self.study._storage.set_trial_intermediate_value(trial._trial_id, *point)
+        if self._last.get(trial.number) != point:  # the last result comes again at the end
+            self._last[trial.number] = point
+            records.set_curve_point(self.study, trial, *point)  # a later run's replaces it
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -133,21 +137,10 @@ class LawSearch(Searcher):
             return
         if result:  # Tune hands the last result (where ASHA stopped it) only to this hook
             self._report(trial, result)
-        self._last.pop(trial._trial_id, None)
+        self._last.pop(trial.number, None)
         status = trial_status(result, error, self.metric, self.fidelity, self.budget)
         self.counts[status] += 1
-        trial.set_user_attr(STATUS_ATTR, status)
-        if result and self.fidelity and result.get(self.fidelity) is not None:
-            trial.set_user_attr("fidelity", float(result[self.fidelity]))
-            spent = result.get(f"{self.fidelity}_spent")  # more than the fidelity: cooldowns
-            if isinstance(spent, (int, float)):
-                trial.set_user_attr("spent", float(spent))
-        if result and isinstance(result.get("device"), str):
-            trial.set_user_attr("device", result["device"])
-        if result and isinstance(result.get("timestamp"), (int, float)) and isinstance(
-                result.get("time_total_s"), (int, float)):  # Tune's own: when it ran
-            trial.set_user_attr("ran", [result["timestamp"] - result["time_total_s"],
-                                        float(result["timestamp"])])
+        records.record_end(trial, status, result, self.fidelity)
         if status == "completed":
             self.study.tell(trial, float(result[self.metric]))
         elif status == "stopped":

@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from optuna import distributions as od
 
 from raylaw.errors import RaylawError
+
+if TYPE_CHECKING:
+    from raylaw.law import ScalingLaw
 
 RESERVED = {"scale"}
 TOP_FIELDS = {"name", "metric", "mode", "scale", "governed", "free", "fidelity", "budget",
@@ -27,7 +30,20 @@ PARAM_FIELDS = {"type", "low", "high", "log", "choices", "depends_on", "units", 
 
 @dataclass(frozen=True)
 class Param:
-    """One hyperparameter: float or int (optionally log-scaled) in [low, high], or choices."""
+    """One hyperparameter: float or int (optionally log-scaled) in [low, high], or choices.
+
+    Args:
+        name: its key in a trial's config.
+        type: "float" or "int".
+        low: the hard range's lower end (None with ``choices``).
+        high: its upper end.
+        log: searched and fitted on a log scale.
+        choices: a categorical hyperparameter's values (None: a range).
+        depends_on: the scale variables its law depends on (empty: a free hyperparameter).
+        units: a batch size's units, "sequences" or "tokens" (for published priors).
+        seq_len: tokens per sequence, when ``units`` is "sequences".
+        role: "lr" or "batch_size", when the name does not say which (for published priors).
+    """
 
     name: str
     type: str = "float"
@@ -73,7 +89,21 @@ class Param:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A parsed search-space file."""
+    """A parsed search-space file (``SearchSpace.load``; the format: docs/search.md).
+
+    Args:
+        name: the space's name, recorded with every sweep and law.
+        metric: the metric trials report.
+        mode: "min" or "max".
+        scale: the scale variables and what each means, e.g. ``{"N": "parameters"}``.
+        governed: the hyperparameters with a scaling law.
+        free: the hyperparameters searched over their declared range.
+        fidelity: the result key ASHA stops trials on (None: no early stopping).
+        budget: the scale variable a full-length trial's fidelity reaches, e.g. "D".
+        trainable: the default ``module:function`` to sweep.
+        path: the file it was loaded from.
+        noise: the metric's relative sd from run to run, if measured.
+    """
 
     name: str
     metric: str
@@ -179,7 +209,7 @@ class SearchSpace:
         return replace(self, free={k: p for k, p in self.free.items() if k not in values})
 
     # narrowing --------------------------------------------------------------------------------
-    def narrowed(self, law: Any = None, scale: dict[str, float] | None = None,
+    def narrowed(self, law: ScalingLaw | None = None, scale: dict[str, float] | None = None,
                  coverage: float = 0.9) -> dict[str, Param]:
         """Every hyperparameter, governed ones narrowed to the law's interval at ``scale``.
 
@@ -198,7 +228,7 @@ class SearchSpace:
         out.update(self.free)
         return out
 
-    def tune_space(self, law: Any = None, scale: dict[str, float] | None = None,
+    def tune_space(self, law: ScalingLaw | None = None, scale: dict[str, float] | None = None,
                    coverage: float = 0.9) -> dict[str, Any]:
         """A Ray Tune ``param_space``; the target scale is passed to trials as ``scale``."""
         space = {n: p.tune() for n, p in self.narrowed(law, scale, coverage).items()}
@@ -206,7 +236,8 @@ class SearchSpace:
             space["scale"] = dict(scale)
         return space
 
-    def optuna_distributions(self, law: Any = None, scale: dict[str, float] | None = None,
+    def optuna_distributions(self, law: ScalingLaw | None = None,
+                             scale: dict[str, float] | None = None,
                              coverage: float = 0.9) -> dict[str, od.BaseDistribution]:
         """Optuna distributions, governed ones narrowed to the law's interval."""
         return {n: p.optuna() for n, p in self.narrowed(law, scale, coverage).items()}

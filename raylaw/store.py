@@ -1,26 +1,52 @@
-"""The durable store: an Optuna RDB storage (SQLite by default), one study per sweep.
+"""The durable store: an Optuna RDB storage (SQLite by default), one study per sweep, and
+the laws its sweeps imply.
 
-Each study records its scale, space and sweep state in user attributes, so any tool that
-reads Optuna studies (optuna-dashboard, ``raylaw.optuna.law_from_studies``) sees the sweeps.
+What a sweep records in its study (``raylaw.records``) is plain Optuna data, so any tool that
+reads Optuna studies (optuna-dashboard, ``law_from_studies``) sees the sweeps.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import importlib.util
+import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
+import pandas as pd
 import sqlalchemy
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 
 from raylaw.errors import RaylawError
-from raylaw.optuna import SCALE_ATTR, SPACE_ATTR
+from raylaw.law import Optimum, ScalingLaw
+from raylaw.optimum import optima_pooled
+from raylaw.records import (  # the last five lived here before raylaw.records
+    STATE_ATTR,
+    create_sweep,
+    most_at_once,
+    of_space,
+    scale_key,
+    study_scale,
+    sweep_studies,
+    trials_frame,
+)
+
+if TYPE_CHECKING:
+    from raylaw.space import SearchSpace
+
+__all__ = ["DEFAULT_STORE", "STATE_ATTR", "create_sweep", "default_store", "law_from_studies",
+           "most_at_once",
+           "open_store", "optima_from_studies", "scale_key", "shown_url", "sqlite_path",
+           "store_url", "sweep_studies"]
 
 DEFAULT_STORE = "sqlite:///raylaw.db"
-STATE_ATTR = "raylaw_sweep"  # "running" or "finished"
+
+
+def default_store() -> str:
+    """The store when none is given: ``$RAYLAW_STORE``, else ``sqlite:///raylaw.db``."""
+    return os.environ.get("RAYLAW_STORE") or DEFAULT_STORE
 
 
 def store_url(url: str) -> str:
@@ -41,12 +67,19 @@ def shown_url(url: str) -> str:
         return url
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite ``--store`` value (a URL or a plain path); None for other databases."""
+    url = store_url(url)
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
 def open_store(url: str) -> RDBStorage:
     """Open (creating if needed) the store at a SQLAlchemy URL, or fail with one clear line."""
     url = store_url(url)
     where = f"--store {shown_url(url)}"
-    if url.startswith("sqlite:///"):
-        parent = Path(url[len("sqlite:///"):]).expanduser().resolve().parent
+    path = sqlite_path(url)
+    if path is not None:
+        parent = path.expanduser().resolve().parent
         if not parent.is_dir():
             raise RaylawError(f"{where}: directory {parent} does not exist")
     for attempt in range(4):
@@ -105,67 +138,44 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True}
 
 
-def scale_key(scale: dict[str, float]) -> str:
-    return ",".join(f"{k}={v:.6g}" for k, v in sorted(scale.items()))
+# laws from the sweeps in a store --------------------------------------------------------------
+def optima_from_studies(storage: str | BaseStorage, space: SearchSpace,
+                        study_names: Iterable[str] | None = None) -> list[Optimum]:
+    """One optimum per scale from the studies in ``storage`` whose scale is recorded.
 
-
-def sweep_studies(storage: RDBStorage, space_name: str,
-                  scale: dict[str, float] | None = None) -> list[optuna.study.StudySummary]:
-    """Summaries of the sweeps of a space (optionally at one scale), oldest first."""
-    out = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if s.user_attrs.get(SPACE_ATTR) != space_name:
-            continue
-        if scale is not None and scale_key(s.user_attrs.get(SCALE_ATTR, {})) != scale_key(scale):
-            continue
-        out.append(s)
-    return sorted(out, key=lambda s: s._study_id)
-
-
-def create_sweep(storage: RDBStorage, space: Any, scale: dict[str, float], mode: str,
-                 sampler: optuna.samplers.BaseSampler, resume: bool,
-                 name: str | None = None) -> tuple[optuna.Study, bool]:
-    """The study for this sweep: a new one, or with ``resume`` the last unfinished one.
-
-    Returns (study, resumed).
+    Studies recorded at the same scale are pooled; studies whose ``space`` attribute names
+    another search space, or with no scale, are skipped. A URL is opened as ``--store`` is.
     """
-    if resume:
-        previous = [s for s in sweep_studies(storage, space.name, scale)
-                    if s.user_attrs.get(STATE_ATTR) != "finished"]
-        if name is not None:
-            previous = [s for s in previous if s.study_name == name]
-        if previous:
-            study = optuna.load_study(study_name=previous[-1].study_name, storage=storage,
-                                      sampler=sampler)
-            return study, True
-    direction = "minimize" if mode == "min" else "maximize"
-    n = len(sweep_studies(storage, space.name, scale)) + 1
-    for attempt in range(20):
-        try:
-            study = optuna.create_study(
-                study_name=name or f"{space.name}[{scale_key(scale)}]#{n + attempt}",
-                storage=storage, sampler=sampler, direction=direction)
-            break
-        except optuna.exceptions.DuplicatedStudyError:
-            if name is not None:
-                raise RaylawError(f"--study {name}: a sweep of that name exists in the store "
-                                  "(use --resume to continue it, or another name)") from None
-            # another driver started a sweep at this scale at the same time: take the next number
-    else:
-        raise RaylawError(f"no free name for a new sweep at {scale_key(scale)} (tried 20)")
-    study.set_user_attr(SPACE_ATTR, space.name)
-    study.set_user_attr(SCALE_ATTR, dict(scale))
-    study.set_user_attr(STATE_ATTR, "running")
-    study.set_user_attr("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    return study, False
+    if isinstance(storage, str):
+        storage = open_store(storage)
+    names = list(study_names) if study_names is not None else [
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    by_scale: dict[tuple, list[pd.DataFrame]] = {}
+    scales: dict[tuple, dict[str, float]] = {}
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        if not of_space(study, space):
+            continue
+        scale = study_scale(study, space)
+        if scale is None:
+            continue
+        df = trials_frame(study)
+        if df.empty or not set(space.governed) & set(df.columns):
+            continue
+        key = tuple(sorted(scale.items()))
+        scales[key] = scale
+        by_scale.setdefault(key, []).append(df.rename(columns={"value": space.metric}))
+    groups = [(scales[key], pd.concat(frames, ignore_index=True))
+              for key, frames in sorted(by_scale.items())]
+    # a scale with no completed trial is no evidence
+    return optima_pooled(groups, space, source="optuna", noise=space.noise, skip_empty=True)
 
 
-def most_at_once(trials: list) -> int:
-    """The most trials that ran at one instant, from their ``ran`` = [start, end] attributes."""
-    events = sorted((t, step) for tr in trials if "ran" in tr.user_attrs
-                    for t, step in ((tr.user_attrs["ran"][0], 1), (tr.user_attrs["ran"][1], -1)))
-    now = best = 0
-    for _, step in events:  # at equal times an end (-1) sorts before a start (+1)
-        now += step
-        best = max(best, now)
-    return best
+def law_from_studies(storage: str | BaseStorage, space: SearchSpace,
+                     prior: str | None = "steplaw",
+                     study_names: Iterable[str] | None = None) -> ScalingLaw:
+    """Fit a law from Optuna studies (scale in study user attributes): sweeps become evidence."""
+    optima = optima_from_studies(storage, space, study_names)
+    if not optima and prior is None:
+        raise RaylawError("no study with a recorded scale and completed trials to fit from")
+    return ScalingLaw.for_space(space, prior=prior).fit(optima, source="optuna studies")

@@ -31,7 +31,7 @@ def steplaw_df():
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the whole session, with 2 CPUs and 2 logical GPUs."""
-    from raylaw.sweep import loopback_ray_env
+    from raylaw.ray_start import loopback_ray_env
 
     loopback_ray_env(None)
     import ray

@@ -106,11 +106,13 @@ def lm_crash_once(config: dict) -> None:
             marker.write_text("crashed once")
             raise RuntimeError("crash after the third report")
 
+    lm_config = {k: v for k, v in config.items() if k != "marker_dir"}  # the LM's keys only
+    lm_config["checkpoint_every"] = 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return lm.run({**config, "checkpoint_every": 0}, report)
+        return lm.run(lm_config, report)
     with checkpoint.as_directory() as path:
-        return lm.run({**config, "checkpoint_every": 0}, report, checkpoint_dir=path)
+        return lm.run(lm_config, report, checkpoint_dir=path)
 
 
 def worker_probe(config: dict) -> None:

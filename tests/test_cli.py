@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from raylaw.cli import main
-from tests.conftest import ROOT, STEPLAW_CSV, STEPLAW_SPACE
+from tests.conftest import LM_SPACE, ROOT, STEPLAW_CSV, STEPLAW_SPACE
 
 FIT = ["fit", "--csv", str(STEPLAW_CSV), "--space", str(STEPLAW_SPACE), "--prior", "none",
        "--rename", "smooth loss=loss"]
@@ -139,3 +139,28 @@ def test_failed_fit_keeps_previous_output(tmp_path, capsys, law_path):
                      "--out", str(out)])
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["law.json"]  # no temp files left behind
+
+
+@pytest.mark.parametrize("store_env", [None, "sqlite:///team.db"])
+def test_sweep_config_defaults_are_the_cli_defaults(monkeypatch, store_env):
+    """A Python-API sweep with nothing set runs as ``sweep`` with no optional flag: every field
+    the CLI fills (max_failures, the store from $RAYLAW_STORE, the law file, ...) agrees."""
+    from dataclasses import fields
+
+    from raylaw.cli import build_parser, sweep_config
+    from raylaw.sweep import SweepConfig
+
+    if store_env is None:
+        monkeypatch.delenv("RAYLAW_STORE", raising=False)
+    else:
+        monkeypatch.setenv("RAYLAW_STORE", store_env)
+    scale = {"N": 1e5, "D": 1e6}
+    args = build_parser().parse_args(["sweep", "--space", str(LM_SPACE), "--scale", "N=1e5",
+                                      "--scale", "D=1e6"])
+    cli = sweep_config(args, scale)
+    api = SweepConfig(space=cli.space, scale=scale)
+    assert len(fields(SweepConfig)) > 20
+    assert {f.name: getattr(api, f.name) for f in fields(SweepConfig)} == {
+        f.name: getattr(cli, f.name) for f in fields(SweepConfig)}
+    assert api.max_failures == 1 and api.law_path == "lm.law.json"
+    assert api.store == (store_env or "sqlite:///raylaw.db")

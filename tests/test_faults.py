@@ -15,12 +15,12 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from ray.tune.schedulers import ASHAScheduler
 
 from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
 from raylaw.history import versions
-from raylaw.sweep import _restore_rungs, asha_rungs, asha_scheduler
+from raylaw.scheduler import LawASHA
+from raylaw.sweep import asha_scheduler
 from tests.conftest import LM_SPACE, STEPLAW_SPACE
 from tests.test_sweep import start_driver, sweep_args
 
@@ -135,9 +135,9 @@ def test_resumed_asha_keeps_its_rung_results(tmp_path):
                                       value=final, intermediate_values={
                                           120: final + 0.6, 340: final + 0.3, 1000: final})
         study.add_trial(t)
-    sched = ASHAScheduler(time_attr="tokens", metric="loss", mode="min", max_t=1000,
-                          grace_period=1000 / 9, reduction_factor=3)
-    _restore_rungs(sched, study, SearchSpace.load(LM_SPACE))
+    sched = LawASHA(time_attr="tokens", metric="loss", mode="min", max_t=1000,
+                    grace_period=1000 / 9, reduction_factor=3)
+    sched.restore(study, SearchSpace.load(LM_SPACE).mode)
     rungs = {round(m): rec for m, rec in sched._brackets[0]._rungs}
     assert sorted(rungs[111].values()) == pytest.approx([-3.5, -3.1, -2.8])  # minus the loss
     assert sorted(rungs[333].values()) == pytest.approx([-3.2, -2.8, -2.5])
@@ -165,8 +165,7 @@ def test_asha_flags_set_its_rungs_and_grace_fraction_1_turns_it_off(ray_local, t
     space = SearchSpace.load(LM_SPACE)
     sched = asha_scheduler(space, 1000.0, grace_fraction=0.25, reduction_factor=2)
     assert sorted(round(m) for m, _ in sched._brackets[0]._rungs) == [250, 500, 1000]
-    assert asha_rungs(sched, 1000.0) == [250.0, 500.0]  # what the trainable is told
-    assert asha_rungs(None, 1000.0) == []
+    assert sched.rungs() == [250.0, 500.0]  # what the trainable is told
     assert asha_scheduler(space, 1000.0, grace_fraction=1.0) is None
     # with the default ASHA this sweep completes 1 trial and stops 7
     assert main(sweep_args(tmp_path, "--grace-fraction", "1", samples=8)) == 0

@@ -190,6 +190,46 @@ def test_json_round_trip(tmp_path):
         assert b[k].high == pytest.approx(a[k].high, rel=1e-9)
 
 
+def test_a_law_is_an_estimator_fit_sets_its_state_from_exactly_the_optima_given():
+    """The constructor fits nothing; fit(optima) returns the law, fitting the same optima again
+    changes nothing, and evidence is added by fitting old and new together."""
+    law = ScalingLaw.for_space(SPACE, prior="steplaw")
+    assert law.optima == [] and all(t.posterior is None for t in law.terms.values())
+    obs, more = synthetic_optima(6, 0.1), synthetic_optima(3, 0.1, seed=9)
+    at = {"N": 3e8, "D": 1e10}
+    assert law.fit(obs, source="a") is law
+    once, state = law.predict(at), law.to_dict()
+    law.fit(obs, source="a")
+    assert law.predict(at) == once and law.optima == obs
+    assert {k: v for k, v in law.to_dict().items() if k != "provenance"} == {
+        k: v for k, v in state.items() if k != "provenance"}
+    assert law.provenance["sources"] == ["a"] and law.provenance["n_optima"] == 6
+    law.fit(law.optima + more)
+    assert law.predict(at) == ScalingLaw.for_space(SPACE, prior="steplaw").fit(
+        obs + more).predict(at)
+    # a new law from a fitted one's terms starts unfitted: the posteriors stay behind
+    again = ScalingLaw(law.space_name, law.terms, provenance=law.provenance)
+    assert again.optima == [] and all(t.posterior is None for t in again.terms.values())
+    assert again.predict(at) == ScalingLaw.for_space(SPACE, prior="steplaw").predict(at)
+
+
+def test_load_restores_the_stored_fit_without_recomputing_it(tmp_path, monkeypatch):
+    import raylaw.law
+
+    law = ScalingLaw.for_space(SPACE, prior="steplaw").fit(synthetic_optima(6, 0.1))
+    law.save(tmp_path / "law.json")
+
+    def refit(*args: object) -> None:
+        raise AssertionError("load recomputed the fit")
+
+    monkeypatch.setattr(raylaw.law, "_posteriors", refit)
+    back = ScalingLaw.load(tmp_path / "law.json")
+    at = {"N": 3e8, "D": 1e10}
+    assert back.predict(at) == law.predict(at)
+    assert back.predict(at, observed=True) == law.predict(at, observed=True)
+    assert back.summary() == law.summary() and back.optima == law.optima
+
+
 def test_law_files_of_format_version_1_still_load_and_predict_the_same():
     """A law written by raylaw before noise-aware optima (tests/data/law_v1.json, from the
     Step Law data with the published prior) predicts what it predicted then."""
@@ -234,6 +274,13 @@ def test_noise_and_skew_of_optima_survive_the_law_file(tmp_path):
     (lambda d: d["optima"][0].update(curvature={"lr": {"lr": "steep"}}), "curvature.lr.lr"),
     (lambda d: d["terms"]["lr"]["prior"].update(pivot={"N": 1e8}), "prior.pivot must map"),
     (lambda d: d["terms"]["lr"]["prior"].update(exponent_sd=-1), "prior.exponent_sd"),
+    (lambda d: d["terms"]["lr"]["scatter_posterior"]["weights"].__setitem__(0, 0.5),
+     "weights that sum to 1"),
+    (lambda d: d["terms"]["lr"].update(scatter=9.0), "scatter: 9.0 is not the mean"),
+    (lambda d: d["terms"]["lr"].update(cov=[[1, 2, 0], [0, 1, 0], [0, 0, 1]]), "symmetric"),
+    (lambda d: d["terms"]["lr"].update(coef=[0.1, 0.2]), r"coef: expected shape \(3,\)"),
+    (lambda d: [d["terms"]["bs"].pop(k) for k in ("coef", "cov", "scatter", "scatter_posterior")],
+     "terms.bs has optima but no fit"),
 ])
 def test_bad_law_files_are_refused(tmp_path, edit, message):
     law = ScalingLaw.for_space(SPACE, prior="steplaw").fit(synthetic_optima(5, 0.1))

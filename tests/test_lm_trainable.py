@@ -93,7 +93,7 @@ def test_tiny_run_learns_and_reports_tokens() -> None:
     reports = _collect(TINY)
     losses = [r["loss"] for r in reports]
     tokens = [r["tokens"] for r in reports]
-    assert len(reports) == lm.DEFAULT_REPORTS
+    assert len(reports) == lm.LMConfig.eval_every
     assert all(math.isfinite(x) for r in reports for x in (r["loss"], r["train_loss"]))
     assert not any(r["diverged"] for r in reports)
     assert losses[-1] < losses[0] - 0.5
@@ -166,7 +166,7 @@ def test_cooldown_at_rungs_measures_without_changing_the_run(tmp_path: Path) -> 
         assert o["loss"] == o["raw_loss"] == r["raw_loss"] and o["tokens_spent"] == o["tokens"]
         if r["tokens"] in at:  # 10% more steps with the lr falling: lower, and counted
             assert r["loss"] < r["raw_loss"]
-            spent += math.ceil(lm.DEFAULT_COOLDOWN * r["tokens"] / step_tokens) * step_tokens
+            spent += math.ceil(lm.LMConfig.cooldown * r["tokens"] / step_tokens) * step_tokens
         assert r["tokens_spent"] == r["tokens"] + spent
     # resumed from the checkpoint at the last rung: the cooldowns done so far still count
     i = [r["tokens"] for r in cooled].index(at[-1])
@@ -246,3 +246,23 @@ def test_last_evaluation_uses_the_larger_final_slice(tmp_path: Path) -> None:
     _, val = lm.load_data()
     loss = lm.evaluate(model, val, 2**17, 128, "cpu", contextlib.nullcontext())
     assert big[-1]["loss"] == pytest.approx(loss, abs=1e-5)
+
+
+def test_config_is_one_dataclass_and_unknown_keys_are_refused_by_name() -> None:
+    cfg = lm.LMConfig.from_dict(TINY)
+    assert (cfg.N, cfg.D, cfg.batch_size, cfg.eval_every) == (2e4, 2e5, 16, 16)
+    assert cfg.init_seed == cfg.data_seed == cfg.seed == 0  # seed sets both unless they are set
+    assert cfg.final_eval_tokens == 2**18  # the larger of eval_tokens and 2**18
+    flat = {k: v for k, v in TINY.items() if k != "scale"} | {"N": 2e4, "D": 2e5}
+    assert lm.LMConfig.from_dict(flat) == cfg  # the scale as flat N and D keys works too
+    assert lm.LMConfig.from_dict({**TINY, "seed": 3, "data_seed": 1}).init_seed == 3
+    for bad, message in [
+        ({"eval_evry": 4}, "config eval_evry: not a setting of the built-in LM"),
+        ({"batch_size": "big"}, "config batch_size: expected an integer, got 'big'"),
+        ({"lr": None}, "config lr: expected a number, got None"),
+        ({"scale": {"N": 2e4, "D": 2e5, "T": 1.0}}, "config scale: unknown variable 'T'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            lm.run({**TINY, **bad}, lambda metrics, ckpt: None)
+    with pytest.raises(ValueError, match="config lr: required by the built-in LM"):
+        lm.run({k: v for k, v in TINY.items() if k != "lr"}, lambda metrics, ckpt: None)

@@ -102,7 +102,7 @@ def test_same_seed_same_trials_and_ask_tell():
 def test_wrong_law_still_converges_inside_hard_bounds():
     wrong = fitted_law()
     for term in wrong.terms.values():
-        term.means[:, 0] += math.log(8.0)  # the law's center is 8x too high
+        term.posterior.mean[0] += math.log(8.0)  # the law's center is 8x too high
     study = optuna.create_study(sampler=LawSampler(wrong, SPACE, TARGET, seed=1))
     study.optimize(objective, n_trials=60)
     best = study.best_params
@@ -115,7 +115,7 @@ def test_a_law_sure_of_the_floor_keeps_trials_on_it():
     """A law sure of bs < 1.5 (the floor is 1), and right: Thompson draws land on bs 1, while
     lr is still searched."""
     law = fitted_law()
-    law.terms["bs"].means[:, 0] += math.log(0.6 / LAW.predict(TARGET)["bs"].center)
+    law.terms["bs"].posterior.mean[0] += math.log(0.6 / LAW.predict(TARGET)["bs"].center)
     sampler = LawSampler(law, SPACE, TARGET, seed=0, explore_every=None)
     assert sampler.predictions["bs"].high < 1.5
 
@@ -323,7 +323,7 @@ def test_recommend_does_not_change_the_proposals():
 def test_a_wrong_law_is_doubted_and_overruled():
     wrong = fitted_law()
     for term in wrong.terms.values():
-        term.means[:, 0] += math.log(8.0)  # the law's center is 8x too high
+        term.posterior.mean[0] += math.log(8.0)  # the law's center is 8x too high
     sampler = LawSampler(wrong, SPACE, TARGET, seed=2)
     study = optuna.create_study(sampler=sampler)
     study.optimize(noisy_objective(0.001, 2), n_trials=40)
@@ -339,7 +339,7 @@ def test_pruned_trials_count_at_their_rung_moved_by_the_law():
     cannot."""
     space = SearchSpace.from_dict({**SPACE_DICT, "fidelity": "tokens", "budget": "D"})
     law = fitted_law()
-    law.terms["lr"].means[:, 0] += math.log(2.0)  # the law's lr is 2x too high
+    law.terms["lr"].posterior.mean[0] += math.log(2.0)  # the law's lr is 2x too high
     sampler = LawSampler(law, space, TARGET, seed=0)
     dists = space.optuna_distributions()
     lr_star, bs_star, d = true_lr(**TARGET), true_bs(TARGET["D"]), TARGET["D"]

@@ -133,7 +133,8 @@ def test_a_database_that_is_not_there_is_one_line_and_writes_nothing(postgres, t
 
 
 def test_a_sweep_started_at_the_same_moment_takes_the_next_name(postgres):
-    from raylaw.store import create_sweep, open_store
+    from raylaw.records import create_sweep
+    from raylaw.store import open_store
 
     space, scale = SearchSpace.load(LM_SPACE), {"N": 1e5, "D": 1e5}
     storage = open_store(postgres.url("same_scale"))

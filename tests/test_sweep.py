@@ -18,7 +18,7 @@ from raylaw import ScalingLaw, SearchSpace
 from raylaw.cli import main
 from raylaw.history import versions
 from raylaw.optuna import LawSampler
-from raylaw.store import most_at_once
+from raylaw.records import most_at_once
 from tests.conftest import LM_SPACE, ROOT
 
 pytestmark = pytest.mark.ray
@@ -194,8 +194,9 @@ def test_store_keeps_finished_trials_when_the_driver_is_killed(tmp_path):
 
 def test_summary_shows_an_optimum_on_the_floor_as_a_bound():
     from raylaw.law import Optimum, Prediction, ScalingLaw
+    from raylaw.progress import format_summary
     from raylaw.space import SearchSpace
-    from raylaw.sweep import SweepResult, format_summary
+    from raylaw.sweep import SweepResult
 
     space = SearchSpace.load(LM_SPACE)
     opt = Optimum({"N": 1e5, "D": 2e6}, {"lr": 0.004, "batch_size": 1.0},

@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 from optuna.trial import TrialState
 
 from raylaw.cli import main
-from raylaw.sweep import resources_line
+from raylaw.progress import resources_line
 from raylaw.trainables import lm
 from raylaw.workers import max_concurrent, torch_backend, worker_resources
 from tests.cluster_util import free_ports

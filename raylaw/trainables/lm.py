@@ -8,7 +8,8 @@ the run length from D (training tokens), so the same search space can be swept a
 At ASHA's rungs (config ``rungs``, passed by the sweep) the loss is measured after a short
 cooldown on a copy of the run, so trials are compared as they would end, not mid-schedule.
 
-Use ``train`` under Ray Tune (``raylaw.trainables.lm:train``), where it is also the
+Every setting, each key of a trial's config, is a field of ``LMConfig`` with its default and
+why. Use ``train`` under Ray Tune (``raylaw.trainables.lm:train``), where it is also the
 ``train_loop_per_worker`` of a multi-worker trial (Ray Train, DDP: every rank trains on its own
 shard of each batch), or ``run`` with any reporter. On CUDA it trains in bf16 autocast with fused
 AdamW (optionally ``torch.compile``) on data that stays on the device.
@@ -27,9 +28,10 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,27 +40,114 @@ from torch import nn
 
 VOCAB = 256  # byte-level vocabulary
 DATA_CAP = 30 * 2**20  # most bytes read from the corpus per process
-DEFAULT_SEQ_LEN = 128
-DEFAULT_EVAL_TOKENS = 2**16  # size of the fixed validation slice, in bytes
-# the last evaluation ranks finished trials and feeds the law, so it uses a larger slice: on the
-# LM ladder's 25-point grid at N=1e5, scoring the same final models on 2**15 instead of 2**19
-# bytes moved each one's loss by 0.14% (sd) against the others, a quarter of the 0.5% target
-DEFAULT_FINAL_EVAL_TOKENS = 2**18
-DEFAULT_REPORTS = 16  # evenly spaced evaluations per full-length run
 MIN_LR = 0.1  # the schedule ends at this fraction of the peak learning rate
-# steps of the cooldown branch at a rung, as a fraction of the steps so far. At a third of the
-# LM ladder's target run (N=1e5, D=2e6, 10 lr/bs points) the plain loss ranked the points'
-# final losses with Spearman 0.56 and put lr 0.0026, bs 2 (5th at the end) first; after a 10%
-# cooldown 0.87 with the best point first (25%: 0.90); at a ninth 0.27, 0.50 and 0.61
-DEFAULT_COOLDOWN = 0.1
 DIVERGED_LOSS = 1e6  # loss reported for a diverged trial (finite, so schedulers can rank it)
 UNIFORM_LOSS = math.log(VOCAB)  # loss of a uniform byte predictor
 CHECKPOINT_FILE = "state.pt"
-# seconds between checkpoints (one more at the end): a checkpoint is there so that a retried or
-# resumed trial continues instead of starting over, and for a 1B-parameter model with AdamW
-# state it is ~12 GB, too much to write at each of a run's 16+ evaluations
-DEFAULT_CHECKPOINT_EVERY = 600.0
 clock = time.monotonic  # what checkpoint_every is measured with
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Every key of a trial's config, with its default and why (``LMConfig.from_dict``).
+
+    The scale comes as ``scale`` = {"N": ..., "D": ...} (what a sweep passes) or as flat ``N``
+    and ``D`` keys. An unknown key is refused by name, so a misspelt ``--config`` never passes
+    silently.
+    """
+
+    # hyperparameters: the search space's ---------------------------------------------------
+    lr: float  # peak learning rate of the warmup-cosine schedule
+    batch_size: int  # sequences per optimizer step
+    # the scale ------------------------------------------------------------------------------
+    N: float  # non-embedding parameters: the model's width and depth
+    D: float  # training tokens (bytes): the run's length
+    warmup: float = 0.0  # linear warmup, as a fraction of the run's steps
+    weight_decay: float = 0.0  # AdamW's decay, on matrices only (not on LayerNorm gains)
+    # model ----------------------------------------------------------------------------------
+    seq_len: int = 128  # context, in bytes
+    n_layer: int | None = None  # a fixed depth, so that N sets the width alone (None: N sets both)
+    # data -----------------------------------------------------------------------------------
+    data: str | None = None  # a text file or folder (None: the stdlib's .py sources, everywhere)
+    seed: int = 0  # of the initialization and the data order, so trials are reproducible
+    init_seed: int | None = None  # the initialization's alone, to study its noise (None: seed)
+    data_seed: int | None = None  # the data order's alone, likewise (None: seed)
+    # evaluation and reports -----------------------------------------------------------------
+    eval_every: int = 16  # evaluations per full-length run, evenly spaced: ASHA's resolution
+    eval_tokens: int = 2**16  # validation bytes per evaluation: one fixed slice for every trial
+    # the last evaluation's (None: the larger of eval_tokens and 2**18): it ranks finished trials
+    # and feeds the law, so it is measured more precisely
+    final_eval_tokens: int | None = None
+    rungs: tuple[float, ...] = ()  # tokens at which ASHA compares trials (the sweep passes them)
+    # the cooldown before a rung's evaluation, in steps as a fraction of the steps so far (0: none),
+    # so trials are compared as they would end, not mid-schedule
+    cooldown: float = 0.1
+    # checkpoints ----------------------------------------------------------------------------
+    # seconds between checkpoints, one more at the end (0: at every report); large models'
+    # checkpoints are too big to write at every evaluation
+    checkpoint_every: float = 600.0
+    restore_from: str | None = None  # a checkpoint to continue from when Ray has none (--resume)
+    # hardware -------------------------------------------------------------------------------
+    threads: int | None = None  # torch's CPU threads (None or 0: the CPUs Ray gave the trial)
+    autocast: bool = True  # on CUDA: bf16 autocast
+    fused: bool = True  # on CUDA: the fused AdamW kernel
+    compile: bool = False  # torch.compile the model: pays only on runs much longer than compiling
+
+    def __post_init__(self) -> None:
+        for name, value in (("init_seed", self.seed), ("data_seed", self.seed),
+                            ("final_eval_tokens", max(self.eval_tokens, 2**18))):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> LMConfig:
+        """A trial's config, checked: a ValueError names an unknown, missing or bad key."""
+        config = dict(config)
+        scale = config.pop("scale", None)
+        if scale is not None:
+            if not isinstance(scale, Mapping):
+                raise ValueError(f"config scale: expected {{'N': ..., 'D': ...}}, got {scale!r}")
+            if set(scale) - {"N", "D"}:
+                raise ValueError(f"config scale: unknown variable "
+                                 f"'{sorted(set(scale) - {'N', 'D'})[0]}' (the LM's are N and D)")
+            config.update(scale)
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(config) - set(known) - {"scale"})
+        if unknown:
+            raise ValueError(f"config {unknown[0]}: not a setting of the built-in LM "
+                             f"(raylaw.trainables.lm.LMConfig: {', '.join(known)})")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in config]
+        if missing:
+            raise ValueError(f"config {missing[0]}: required by the built-in LM")
+        return cls(**{f.name: _checked(f.name, f.type, config[f.name])
+                      for f in fields(cls) if f.name in config})
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: enough to see D tokens."""
+        return max(1, math.ceil(self.D / self.tokens_per_step))
+
+
+def _checked(name: str, kind: str, value: Any) -> Any:
+    """Config ``name``'s ``value`` as its field's type (``kind``, as annotated)."""
+    if value is None and "None" in kind:
+        return None
+    if name == "n_layer":
+        return _depth(value)
+    base = kind.split(" |")[0]
+    try:
+        if base.startswith("tuple"):
+            return tuple(float(v) for v in value or ())
+        return {"float": float, "int": int, "bool": bool, "str": str}[base](value)
+    except (TypeError, ValueError):
+        expected = {"float": "a number", "int": "an integer", "bool": "true or false",
+                    "str": "a string"}.get(base, "a list of numbers")
+        raise ValueError(f"config {name}: expected {expected}, got {value!r}") from None
+
 
 Reporter = Callable[[dict, "str | None"], None]
 _DATA_CACHE: dict[tuple[str, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -66,7 +155,12 @@ _DATA_CACHE: dict[tuple[str, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the data-parallel ranks of one trial (1 rank by default)."""
+    """This process's place among the data-parallel ranks of one trial (1 rank by default).
+
+    Args:
+        rank: this process's rank.
+        size: how many ranks train the trial.
+    """
 
     rank: int = 0
     size: int = 1
@@ -165,7 +259,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Byte-level decoder; the output head shares the token embedding matrix."""
+    """Byte-level decoder; the output head shares the token embedding matrix.
+
+    Args:
+        n_layer: transformer blocks.
+        n_embd: width.
+        n_head: attention heads (they divide ``n_embd``).
+        seq_len: the longest context, in bytes.
+    """
 
     def __init__(self, n_layer: int, n_embd: int, n_head: int, seq_len: int) -> None:
         super().__init__()
@@ -406,24 +507,45 @@ def cooled_loss(model: nn.Module, opt: torch.optim.Optimizer, steps: int, lr_fro
         opt.load_state_dict(saved_opt)
 
 
+@dataclass
+class Progress:
+    """Where a run stands; a checkpoint saves it with the model, optimizer and data order."""
+
+    step: int = 0  # optimizer steps of the run itself
+    extra: int = 0  # steps trained on the cooldown branches at rungs (thrown away, but paid)
+    best: float = math.inf  # the lowest validation loss so far (to tell a blow-up)
+    train_loss: float = math.nan  # the mean training loss since the last evaluation
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                    gen: torch.Generator, at: Progress) -> None:
+    """Everything a run needs to continue exactly: model, optimizer, data order, progress."""
+    state = {"model": model.state_dict(), "optim": opt.state_dict(), "step": at.step}
+    state.update(rng=gen.get_state(), best=at.best, train_loss=at.train_loss,
+                 extra_steps=at.extra)
+    torch.save(state, path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                    gen: torch.Generator, device: str) -> Progress:
+    """Put ``save_checkpoint``'s state back into ``model``, ``opt`` and ``gen``."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optim"])
+    gen.set_state(state["rng"].cpu())
+    return Progress(int(state["step"]), int(state.get("extra_steps", 0)), state["best"],
+                    state["train_loss"])
+
+
 def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> None:
-    """Train one trial, calling ``report(metrics, checkpoint_dir)`` at every evaluation.
+    """Train one trial (its config: ``LMConfig``), calling ``report(metrics, checkpoint_dir)``
+    at every evaluation.
 
     A checkpoint comes with the report at the end of the run and with the first report at
-    least ``checkpoint_every`` seconds (config; default 600, 0: every report) after the last
-    one or the start; otherwise ``checkpoint_dir`` is None (always when the trial diverged, and
-    on every rank but 0), and it is only valid during the call. A run restored from
-    ``checkpoint_dir`` continues from the saved step with the saved model, optimizer and
-    data-sampler state. Config keys besides the hyperparameters and ``scale``: ``seq_len``,
-    ``n_layer`` (fixed depth: N sets the width alone), ``seed`` (or ``init_seed`` and
-    ``data_seed`` apart: the initialization and the data order), ``threads``, ``data``,
-    ``eval_every`` (evaluations per run), ``eval_tokens`` and ``final_eval_tokens``
-    (validation bytes of each / the last one), ``checkpoint_every``,
-    ``rungs`` (tokens at which ASHA compares trials: evaluated there, after a cooldown) and
-    ``cooldown`` (its length as a fraction of the steps so far; 0 turns it off); on CUDA
-    ``autocast`` (bf16, default on), ``fused`` (fused AdamW, default on) and ``compile``
-    (``torch.compile`` the model, default off: it pays only on runs much longer than its
-    compile time; see BENCHMARKS.md).
+    least ``checkpoint_every`` seconds after the last one or the start; otherwise
+    ``checkpoint_dir`` is None (always when the trial diverged, and on every rank but 0), and
+    it is only valid during the call. A run restored from ``checkpoint_dir`` continues from the
+    saved step with the saved model, optimizer and data order.
 
     Under torch.distributed (a Ray Train worker group) the model is wrapped in DDP and every
     rank draws the same batches but trains on its own share of each (``World.share``), so the
@@ -433,108 +555,109 @@ def run(config: dict, report: Reporter, checkpoint_dir: str | None = None) -> No
     ``tokens`` (the schedule's position), ``tokens_spent`` (cooldowns included),
     ``train_loss``, ``diverged`` and ``device``.
     """
-    world = World.current()
-    device = pick_device()
-    cuda = device.startswith("cuda")
-    if cuda:
-        if torch.device(device).index is not None:  # a Ray Train worker's own GPU
-            torch.cuda.set_device(torch.device(device))
-        torch.backends.cuda.matmul.allow_tf32 = True
-    else:
-        torch.set_num_threads(int(config.get("threads") or assigned_cpus()))
-    amp = cuda and bool(config.get("autocast", True))
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-    seq_len = int(config.get("seq_len", DEFAULT_SEQ_LEN))
-    batch_size = int(config["batch_size"])
-    peak_lr, warmup = float(config["lr"]), float(config.get("warmup", 0.0))
-    scale = config.get("scale", config)  # {"N": ..., "D": ...}; flat N and D keys also work
-    N, D = float(scale["N"]), float(scale["D"])
-    total_steps = max(1, math.ceil(D / (batch_size * seq_len)))
+    cfg = LMConfig.from_dict(config)
+    world, device = World.current(), pick_device()
+    ctx = _use_device(device, cfg)
 
-    train_data, val_data = load_data(config.get("data"), device=device)
-    if min(len(train_data), len(val_data)) <= seq_len + 1:
-        raise ValueError(f"corpus too small for seq_len={seq_len}")
-    eval_tokens = int(config.get("eval_tokens", DEFAULT_EVAL_TOKENS))
-    final_tokens = int(config.get("final_eval_tokens",
-                                  max(eval_tokens, DEFAULT_FINAL_EVAL_TOKENS)))
-    seed = int(config.get("seed", 0))
-    torch.manual_seed(int(config.get("init_seed", seed)))
-    model = GPT(*shape_for(N, _depth(config.get("n_layer"))), seq_len=seq_len).to(device)
-    opt = make_optimizer(model, peak_lr, float(config.get("weight_decay", 0.0)),
-                         fused=bool(config.get("fused", True)))
-    net = _wrap(model, world, device, bool(config.get("compile", False)))
-    gen = torch.Generator(device=train_data.device).manual_seed(int(config.get("data_seed", seed)))
-    step, best, train_loss, extra = 0, math.inf, math.nan, 0
+    # data: the corpus on the device; a generator of its own draws the batches (data_seed)
+    train_data, val_data = load_data(cfg.data, device=device)
+    if min(len(train_data), len(val_data)) <= cfg.seq_len + 1:
+        raise ValueError(f"corpus too small for seq_len={cfg.seq_len}")
+    gen = torch.Generator(device=train_data.device).manual_seed(cfg.data_seed)
+    rows = world.share(cfg.batch_size)
+    share = (rows.stop - rows.start) / cfg.batch_size
+    if world.size > 1 and share == 0:  # fewer sequences than ranks: a rank with none trains
+        rows, share = slice(0, 1), 0.0  # on one at weight 0, so DDP's collectives still match
+
+    # model: its shape from N (and n_layer), initialized from init_seed
+    torch.manual_seed(cfg.init_seed)
+    model = GPT(*shape_for(cfg.N, cfg.n_layer), seq_len=cfg.seq_len).to(device)
+
+    # optimizer: AdamW, its learning rate set at every step by the schedule
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, fused=cfg.fused)
+    net = _wrap(model, world, device, cfg.compile)  # what trains: compiled, in DDP if asked
+    total = cfg.total_steps
+
+    def lr(step: int) -> float:
+        return lr_at(step, total, cfg.lr, cfg.warmup)
+
+    def train_on_next(lr: float, g: torch.Generator = gen) -> torch.Tensor:
+        """One training step on this rank's share of the next batch drawn with ``g``."""
+        x, y = get_batch(train_data, cfg.batch_size, cfg.seq_len, g, rows)
+        return train_step(net, opt, x.to(device), y.to(device), lr, ctx, share, world)
+
+    def val_loss_of(n_val: int) -> float:
+        return evaluate(model, val_data, n_val, cfg.seq_len, device, ctx, world)
+
+    # checkpoint: a restored run goes on where it was saved
+    at = Progress()
     if checkpoint_dir is not None:
-        path = Path(checkpoint_dir, CHECKPOINT_FILE)
-        state = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        gen.set_state(state["rng"].cpu())
-        step, best, train_loss = int(state["step"]), state["best"], state["train_loss"]
-        extra = int(state.get("extra_steps", 0))
-
-    every = float(config.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY))
+        at = load_checkpoint(Path(checkpoint_dir, CHECKPOINT_FILE), model, opt, gen, device)
     saved_at = clock()
 
     def send(loss: float, raw: float, diverged: bool) -> None:
-        """Report metrics at the current step, with a checkpoint when one is due (above; rank
-        0 only, never for a diverged run)."""
+        """Report the metrics at the current step, with a checkpoint when one is due (rank 0
+        only, never for a diverged run)."""
         nonlocal saved_at
-        metrics = {"loss": loss, "raw_loss": raw, "tokens": step * batch_size * seq_len,
-                   "tokens_spent": (step + extra) * batch_size * seq_len}
-        metrics.update(train_loss=_finite(train_loss), diverged=diverged,
+        metrics = {"loss": loss, "raw_loss": raw, "tokens": at.step * cfg.tokens_per_step,
+                   "tokens_spent": (at.step + at.extra) * cfg.tokens_per_step}
+        metrics.update(train_loss=_finite(at.train_loss), diverged=diverged,
                        device=torch.device(device).type)
-        due = step >= total_steps or clock() - saved_at >= every
+        due = at.step >= total or clock() - saved_at >= cfg.checkpoint_every
         if diverged or world.rank != 0 or not due:
             return report(metrics, None)
         saved_at = clock()
         with tempfile.TemporaryDirectory(prefix="raylaw-lm-") as tmp:
-            state = {"model": model.state_dict(), "optim": opt.state_dict(), "step": step}
-            state.update(rng=gen.get_state(), best=best, train_loss=train_loss, extra_steps=extra)
-            torch.save(state, Path(tmp, CHECKPOINT_FILE))
+            save_checkpoint(Path(tmp, CHECKPOINT_FILE), model, opt, gen, at)
             report(metrics, tmp)
 
-    rows = world.share(batch_size)
-    share = (rows.stop - rows.start) / batch_size
-    if world.size > 1 and share == 0:  # fewer sequences than ranks: a rank with none trains
-        rows, share = slice(0, 1), 0.0  # on one at weight 0, so DDP's collectives still match
-
-    def train_on_next(lr: float, g: torch.Generator = gen) -> torch.Tensor:
-        """One training step on this rank's share of the next batch drawn with ``g``."""
-        x, y = get_batch(train_data, batch_size, seq_len, g, rows)
-        return train_step(net, opt, x.to(device), y.to(device), lr, ctx, share, world)
-
-    def val_loss_of(n_val: int) -> float:
-        return evaluate(model, val_data, n_val, seq_len, device, ctx, world)
-
-    cooldown = float(config.get("cooldown", DEFAULT_COOLDOWN))
-    rungs = rung_steps(config.get("rungs") or [], batch_size * seq_len, total_steps)
-    evals = set(report_steps(total_steps, int(config.get("eval_every", DEFAULT_REPORTS))))
-    for end in sorted(s for s in evals | rungs if s > step) or [step]:  # resumed at the end
+    # loop: train up to each evaluation (evenly spaced, and at ASHA's rungs)
+    rungs = rung_steps(list(cfg.rungs), cfg.tokens_per_step, total)
+    evals = set(report_steps(total, cfg.eval_every))
+    for end in sorted(s for s in evals | rungs if s > at.step) or [at.step]:  # resumed at the end
         running, count = torch.zeros((), device=device), 0
-        while step < end:
-            running += train_on_next(lr_at(step, total_steps, peak_lr, warmup))
-            step, count = step + 1, count + 1
+        while at.step < end:
+            running += train_on_next(lr(at.step))
+            at.step, count = at.step + 1, count + 1
+            # NaN, inf or far worse than uniform: diverged
             if count % 32 == 0 and not world.sum(running).item() / count < 3 * UNIFORM_LOSS:
-                train_loss = world.sum(running).item() / count  # NaN, inf or far worse than uniform
+                at.train_loss = world.sum(running).item() / count
                 return send(DIVERGED_LOSS, DIVERGED_LOSS, diverged=True)
-        train_loss = world.sum(running).item() / count if count else train_loss
-        n_val = final_tokens if step == total_steps else eval_tokens
+        at.train_loss = world.sum(running).item() / count if count else at.train_loss
+
+        # evaluation: the validation loss; at a rung also after a cooldown, on the batches the
+        # run itself sees next
+        n_val = cfg.final_eval_tokens if at.step == total else cfg.eval_tokens
         raw = val_loss = val_loss_of(n_val)
-        if _diverged(raw, train_loss, best):
+        if _diverged(raw, at.train_loss, at.best):
             return send(DIVERGED_LOSS, DIVERGED_LOSS, diverged=True)
-        if step in rungs and cooldown > 0:  # on the batches the run itself sees next
-            n_cool = math.ceil(cooldown * step)
+        if at.step in rungs and cfg.cooldown > 0:
+            n_cool = math.ceil(cfg.cooldown * at.step)
             ahead = torch.Generator(device=gen.device).set_state(gen.get_state())
             val_loss = cooled_loss(
-                model, opt, n_cool, lr_at(step, total_steps, peak_lr, warmup), MIN_LR * peak_lr,
+                model, opt, n_cool, lr(at.step), MIN_LR * cfg.lr,
                 functools.partial(train_on_next, g=ahead), functools.partial(val_loss_of, n_val))
-            extra += n_cool
-            if _diverged(val_loss, train_loss, best):
+            at.extra += n_cool
+            if _diverged(val_loss, at.train_loss, at.best):
                 return send(DIVERGED_LOSS, raw, diverged=True)
-        best = min(best, raw)
+        at.best = min(at.best, raw)
+
+        # report, with a checkpoint when one is due
         send(val_loss, raw, diverged=False)
+
+
+def _use_device(device: str, cfg: LMConfig) -> contextlib.AbstractContextManager:
+    """Set torch up for ``device``; the context the forward passes run in (bf16 autocast on
+    CUDA unless turned off)."""
+    if device.startswith("cuda"):
+        if torch.device(device).index is not None:  # a Ray Train worker's own GPU
+            torch.cuda.set_device(torch.device(device))
+        torch.backends.cuda.matmul.allow_tf32 = True
+        if cfg.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        torch.set_num_threads(cfg.threads or assigned_cpus())
+    return contextlib.nullcontext()
 
 
 def _wrap(model: GPT, world: World, device: str, compiled: bool) -> nn.Module:
@@ -582,7 +705,7 @@ def train(config: dict) -> None:
     # Ray logs a line per checkpoint, which buries the progress lines
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     with latest_checkpoint() as checkpoint_dir:
-        restore = config.get("restore_from")
+        restore = LMConfig.from_dict(config).restore_from
         if checkpoint_dir is None and restore and Path(restore, CHECKPOINT_FILE).is_file():
             checkpoint_dir = restore
         return run(config, report, checkpoint_dir=checkpoint_dir)
