@@ -1,6 +1,7 @@
-"""Every LM benchmark runs end to end: its ``--smoke`` mode (a tiny model, a few trials).
+"""Every benchmark runs end to end: its ``--smoke`` mode (a tiny model, a few trials, a few
+scales of the Step Law data).
 
-The three scripts start together (each in its own process; the ladder's with its own
+The scripts start together (each in its own process; the ladder's with its own
 embedded Ray), so the module costs about as long as the slowest. None writes BENCHMARKS.md.
 """
 
@@ -23,7 +24,8 @@ def smokes(tmp_path_factory):
     """Start every benchmark's --smoke at once; ``smokes(name)`` waits for one: (rc, output)."""
     out = tmp_path_factory.mktemp("ladder")
     before = (ROOT / "BENCHMARKS.md").read_text()
-    commands = {"lm_ladder": ["--out", str(out)], "lm_noise": [], "lm_throughput": []}
+    commands = {"lm_ladder": ["--out", str(out)], "lm_noise": [], "lm_throughput": [],
+                "law_accuracy": [], "hpo_efficiency": []}
     procs = {name: subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke", *extra],
         cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -81,3 +83,21 @@ def test_lm_throughput_smoke(smokes):
     assert rc == 0, text[-3000:]
     assert "## LM training throughput (bench/lm_throughput.py)" in text
     assert "| 32 | 1 | 1 |" in text  # width 32, one layer, one head
+
+
+def test_law_accuracy_smoke(smokes):
+    rc, text = smokes("law_accuracy")
+    assert rc == 0, text[-3000:]
+    for version in ("smooth", "raw", "noisy"):  # each version's mean regret per method, in %
+        line = next(x for x in text.splitlines() if x.startswith(version + " "))
+        regrets = json.loads(line.split(" ", 1)[1].replace("'", '"'))
+        assert set(regrets) == {"raylaw", "prior", "published", "ols"}
+        assert all(0 <= v < 1 for v in regrets.values()), line
+
+
+def test_hpo_efficiency_smoke(smokes):
+    rc, text = smokes("hpo_efficiency")
+    assert rc == 0, text[-3000:]
+    lines = [x for x in text.splitlines() if x.split(" ")[0] in ("raylaw", "center", "tpe")]
+    assert len(lines) == 6  # 3 methods x 2 held-out scales, answers after 1..8 trials
+    assert all("8:" in x for x in lines)
