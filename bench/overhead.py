@@ -142,12 +142,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="sleep of a full-length trial (default 1)")
     ap.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--smoke", action="store_true",
+                    help="3 trials of 0.2 s, one replicate, print only (a check of the script)")
     ap.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)  # the raw side's process
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.raw:
         print(json.dumps(run_raw(args.trials, args.seconds, args.workdir)))
         return
+    if args.smoke:
+        args.trials, args.replicates, args.seconds, args.no_write = 3, 1, 0.2, True
     if args.trials < 1 or args.replicates < 1 or args.seconds <= 0:
         ap.error("--trials and --replicates must be >= 1, --seconds > 0")
     names = list(SIDES)

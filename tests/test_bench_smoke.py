@@ -1,5 +1,5 @@
 """Every benchmark runs end to end: its ``--smoke`` mode (a tiny model, a few trials, a few
-scales of the Step Law data).
+scales of the Step Law data, 3 trivial trials a side).
 
 The scripts start together (each in its own process; the ladder's with its own
 embedded Ray), so the module costs about as long as the slowest. None writes BENCHMARKS.md.
@@ -25,7 +25,7 @@ def smokes(tmp_path_factory):
     out = tmp_path_factory.mktemp("ladder")
     before = (ROOT / "BENCHMARKS.md").read_text()
     commands = {"lm_ladder": ["--out", str(out)], "lm_noise": [], "lm_throughput": [],
-                "law_accuracy": [], "hpo_efficiency": []}
+                "law_accuracy": [], "hpo_efficiency": [], "overhead": []}
     procs = {name: subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke", *extra],
         cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -101,3 +101,11 @@ def test_hpo_efficiency_smoke(smokes):
     lines = [x for x in text.splitlines() if x.split(" ")[0] in ("raylaw", "center", "tpe")]
     assert len(lines) == 6  # 3 methods x 2 held-out scales, answers after 1..8 trials
     assert all("8:" in x for x in lines)
+
+
+def test_overhead_smoke(smokes):
+    rc, text = smokes("overhead")
+    assert rc == 0, text[-3000:]
+    assert "## Sweep overhead against raw Ray Tune (bench/overhead.py)" in text
+    row = next(x for x in text.splitlines() if x.startswith("| 1 |"))  # replicate 1
+    assert row.count("x") >= 2  # raylaw / raw and raylaw-fresh / raw ratios
