@@ -199,7 +199,8 @@ def format_summary(r: SweepResult) -> str:
                                      if k in rec["low"] else "")
                  for k, v in rec["params"].items()]
         noise = f"; metric noise ~{rec['noise']:.2%}" if rec.get("noise") is not None else ""
-        lines.append("answer (the model's optimum, " f"{rec['coverage']:.0%} intervals): "
+        lines.append(f"answer (the landscape model's pick; [the optimum's {rec['coverage']:.0%} "
+                     "interval]): "
                      + ", ".join(parts) + noise)
     if r.optimum is not None:
         lines.append(f"{'hp':<14}{'predicted':>11}{'interval':>24}{'found':>11}"
