@@ -43,7 +43,7 @@ def run_sweep(out: Path, name: str, flags: list[str], scale: tuple[str, ...]) ->
     with log.open("w") as f:
         rc = subprocess.run(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
-    return rc, str(log)
+    return rc, log.name  # beside the stage's JSON in DIR
 
 
 def store_trials(out: Path, name: str) -> list:
@@ -117,7 +117,7 @@ def stage_optuna(args: argparse.Namespace) -> dict:
     if r and r["devices"] != [device]:
         problems.append(f"devices {r['devices']}, expected only {device}")
     return {"trials": 0, "completed": 0, "pruned": 0, "devices": [], "best": None,
-            "seconds": 0, **r, "ok": not problems, "problems": problems, "log": str(log)}
+            "seconds": 0, **r, "ok": not problems, "problems": problems, "log": log.name}
 
 
 def stage_summary(args: argparse.Namespace) -> dict:
