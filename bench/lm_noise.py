@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     sds = []
     for (lr, bs), runs in both.items():
         vals = finals(runs)
-        sds.append(statistics.stdev(vals) / statistics.fmean(vals))
+        sds.append(rel_sd(vals))
         rows.append(stats_row(f"{lr:g} | {bs}", vals, luckiest, secs(runs)))
     pooled = math.sqrt(statistics.fmean([s * s for s in sds]))
     hits = sum(v <= (1 + TOL) * luckiest for v in finals(list(results)))

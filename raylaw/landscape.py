@@ -148,7 +148,7 @@ class Bowl:
         starts = np.clip(np.vstack([self.center[None], self.on]), lo, hi) - self._origin
         theta = np.repeat(self._theta[None], len(starts), axis=0)
         ends, _ = minimize(theta, self._exps, starts, lo - self._origin, hi - self._origin)
-        points = np.vstack([ends, starts, self.on - self._origin])
+        points = np.vstack([ends, starts])  # the last len(self.on) rows: the trials themselves
         if not len(self.on):
             return points[int(np.argmin(self.value(points + self._origin)))] + self._origin
         draws = self._post.sample(self._rng, DRAWS)[:, :len(self._exps)]

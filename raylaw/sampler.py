@@ -200,9 +200,11 @@ class LawSampler(BaseSampler):
     def recommend(self, study: Study) -> dict[str, Any]:
         """The estimated optimum: governed hyperparameters from the posterior (a configuration
         that may never have been tried), the others from the best completed trial."""
+        return self._recommend(study, self.posterior(study))
+
+    def _recommend(self, study: Study, fit: tuple[list[str], Bowl] | None) -> dict[str, Any]:
         best = _best(study)
         out = dict(best.params) if best is not None else {}
-        fit = self.posterior(study)
         if fit is not None:
             names, bowl = fit
             dists = _declared(study, names)
@@ -222,10 +224,9 @@ class LawSampler(BaseSampler):
         """``recommend`` with each governed hyperparameter's interval at ``coverage`` and the
         metric's estimated relative noise: ``{"params": {...}, "low": {...}, "high": {...},
         "coverage": ..., "noise": ...}`` (JSON-ready)."""
-        params = self.recommend(study)
-        out: dict[str, Any] = {"params": params, "low": {}, "high": {},
+        fit = self.posterior(study)  # one fit for the answer and its intervals
+        out: dict[str, Any] = {"params": self._recommend(study, fit), "low": {}, "high": {},
                                "coverage": self._coverage}
-        fit = self.posterior(study)
         if fit is not None:
             names, bowl = fit
             a = (1 - self._coverage) / 2
