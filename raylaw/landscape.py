@@ -66,6 +66,9 @@ class BowlPrior:
     skew_sd: float = 0.5  # sd of the third derivatives around ``skew``, in the bowl's units
     noise: float | None = None
     noise_sd: float = 0.7  # log-sd of the noise prior: how sure ``noise`` is
+    # covariance (d x d) of the law's budget exponents, by which a shorter run's coordinates
+    # were moved (``fit_bowl``'s ``shift``): how far a lower fidelity's vertex may sit off
+    transport_cov: np.ndarray | None = None
 
 
 class Bowl:
@@ -223,13 +226,19 @@ def gradient_hessian(x: np.ndarray, theta: np.ndarray, exps: np.ndarray
 
 def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
              prior: BowlPrior | None = None, seed: int | np.random.Generator = 0,
-             group: np.ndarray | None = None) -> Bowl:
+             group: np.ndarray | None = None, shift: np.ndarray | None = None) -> Bowl:
     """The bowl of metric ``y`` (minimized) over warped points ``z`` (n x d) in the box
     [low, high] (the hard bounds; infinite where there are none).
 
     ``group`` (n ints) marks trials measured at a lower fidelity (a rung where early stopping
     compared them): group 0 is full length; each other group gets an offset of its own (a
     shorter run ends higher) and its gaps are measured from its own best trial.
+
+    ``shift`` (n floats, 0 at full length) is how far, in log budget, a shorter trial's
+    coordinates were moved by the law's budget exponents. With ``prior.transport_cov`` (their
+    covariance) the move is as unsure as the exponents: a shorter trial's vertex may sit
+    ``shift * e`` off, e ~ N(0, transport_cov), one e for all fidelities. To first order that
+    tilts their bowl by ``-shift * A e``: a slope per dimension, shared, scaled by ``shift``.
     """
     prior = prior or BowlPrior()
     z = np.asarray(z, dtype=float)
@@ -256,10 +265,18 @@ def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
     shorter = sorted(set(group.tolist()) - {0})
     offsets = np.column_stack([group == g for g in shorter]).astype(float) if shorter else (
         np.zeros((n, 0)))
+    tilt, tilt_cov = np.zeros((n, 0)), None
+    if shorter and shift is not None and prior.transport_cov is not None:
+        h0 = _curvature0(prior, span)
+        tilt = np.asarray(shift, dtype=float)[:, None] * x
+        spread = prior.curvature_sd if prior.curvature is not None else 1.0
+        tilt_cov = h0 @ np.asarray(prior.transport_cov, dtype=float) @ h0.T * (1 + spread**2)
     lev = levels(z) if not shorter else np.zeros((n, 0))  # grids have no rungs
-    phi = np.hstack([poly, offsets, lev])
-    components = _with_levels(_with_offsets(_coef_prior(exps, span, prior), len(shorter)),
-                              lev.shape[1])
+    phi = np.hstack([poly, offsets, tilt, lev])
+    # fidelity offsets are nearly free (a shorter run ends higher by any amount)
+    components = _with_block(_coef_prior(exps, span, prior),
+                             np.eye(len(shorter)) * OFFSET_SD**2 if shorter else None)
+    components = _with_levels(_with_block(components, tilt_cov), lev.shape[1])
     log_sigma_prior = _noise_prior(prior.noise, prior.noise_sd)
     # how far above the best trial (of its fidelity) each one is: the bowl's misfit grows with
     # it (a gap to the model's own floor would let a misplaced vertex explain a slope away)
@@ -391,17 +408,20 @@ def _posterior(phi: np.ndarray, r: np.ndarray, gap: np.ndarray, inflate: np.ndar
                       np.concatenate(misfits)[keep], np.concatenate(broads)[keep])
 
 
-def _with_offsets(components: list[tuple[np.ndarray, np.ndarray, float, bool]], k: int
-                  ) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
-    """Each component extended by ``k`` fidelity offsets ~ N(0, OFFSET_SD^2) (nearly free)."""
-    if k == 0:
+def _with_block(components: list[tuple[np.ndarray, np.ndarray, float, bool]],
+                cov: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
+    """Each component extended by coefficients ~ N(0, cov) (None: none)."""
+    if cov is None:
         return components
+    k = len(cov)
+    jitter = 1e-12 * max(float(np.trace(cov)), 1e-300) * np.eye(k)
+    block = np.linalg.inv(cov + jitter)
     out = []
     for mu0, prec0, log_mix, broad in components:
         p = len(mu0)
         prec = np.zeros((p + k, p + k))
         prec[:p, :p] = prec0
-        prec[p:, p:] = np.eye(k) / OFFSET_SD**2
+        prec[p:, p:] = block
         out.append((np.concatenate([mu0, np.zeros(k)]), prec, log_mix, broad))
     return out
 
@@ -464,11 +484,8 @@ def _coef_prior(exps: np.ndarray, span: np.ndarray, prior: BowlPrior
     towards divergence) are centred on ``prior.skew`` (sd ``prior.skew_sd``) or on 0 (sd
     CUBIC_SD), in the bowl's own units.
     """
-    h0 = prior.curvature
-    known = h0 is not None
-    if h0 is None:
-        h0 = np.diag(0.04 / (0.2 * span) ** 2)
-    h0 = np.asarray(h0, dtype=float)
+    known = prior.curvature is not None
+    h0 = _curvature0(prior, span)
     diag = np.diag(h0)
     deg = exps.sum(axis=1)
     p = len(exps)
@@ -508,6 +525,14 @@ def _coef_prior(exps: np.ndarray, span: np.ndarray, prior: BowlPrior
         precs.append(prec)
     kinds = [False, True] if len(vertex_covs) == 2 else [False]
     return list(zip(mus, precs, log_mix, kinds))
+
+
+def _curvature0(prior: BowlPrior, span: np.ndarray) -> np.ndarray:
+    """The prior's curvature (Hessian) of the bowl: seen at other scales, else a bowl that
+    rises 4% over a fifth of the box."""
+    if prior.curvature is not None:
+        return np.asarray(prior.curvature, dtype=float)
+    return np.diag(0.04 / (0.2 * span) ** 2)
 
 
 def _noise_prior(noise: float | None, sd: float) -> np.ndarray:

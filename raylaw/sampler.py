@@ -78,12 +78,15 @@ class LawSampler(BaseSampler):
         # to): the law's exponent of it, per governed hyperparameter
         self._budget = None
         self._exponents: dict[str, float] = {}
+        self._exponent_sds: dict[str, float] = {}
         budget = getattr(space, "budget", None) if space is not None else None
         if fitted and budget and budget in scale:
             self._budget = float(scale[budget])
             for name, term in law.terms.items():
                 if name in governed and term.fitted and budget in term.depends_on:
-                    self._exponents[name] = float(term.coef[1 + term.depends_on.index(budget)])
+                    k = 1 + term.depends_on.index(budget)
+                    self._exponents[name] = float(term.coef[k])
+                    self._exponent_sds[name] = math.sqrt(max(float(term.coef_cov[k, k]), 0.0))
         # a declared noise (measured for the space) is a prior; without one the
         # trials' residuals alone estimate it (a law fitted from cleaner data would mislead)
         if noise is None and space is not None:
@@ -144,7 +147,9 @@ class LawSampler(BaseSampler):
         with it, a pruned trial counts too, at the step it reached: a run of f of the budget
         is like a full run at that scale, whose optimum the law puts at
         ``optimum * (f / budget) ** exponent``, so its coordinates are moved by the law's
-        exponent to the full budget, and its fidelity gets an offset of its own.
+        exponent to the full budget, and its fidelity gets an offset of its own. The move is as
+        unsure as the exponent: the further a rung is from the full budget, the less it says
+        about where the full run's optimum is (``fit_bowl``'s ``shift``).
         """
         trials = _completed(study)
         if distributions is None:
@@ -161,18 +166,21 @@ class LawSampler(BaseSampler):
         sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
         y = np.array([sign * float(t.value) for t in rows])
         group = np.zeros(len(rows), dtype=int)
+        shift = np.zeros(len(rows))
         shorter = self._shorter(study, names)
         if shorter is not None:
             z2, y2, steps = shorter
             ranks = {s: k + 1 for k, s in enumerate(sorted(set(steps)))}
             z, y = np.vstack([z, z2]), np.concatenate([y, sign * y2])
             group = np.concatenate([group, [ranks[s] for s in steps]])
+            shift = np.concatenate([shift, np.log(self._budget / np.array(steps))])
         vertex, vertex_cov = self._vertex_prior(names)
         shape = self._shape.prior(names) if self._shape is not None else BowlPrior()
+        transport = np.diag([self._exponent_sds.get(n, 0.0) ** 2 for n in names])
         prior = replace(shape, vertex=vertex, vertex_cov=vertex_cov, noise=self._noise,
-                        noise_sd=DECLARED_NOISE_SD)
+                        noise_sd=DECLARED_NOISE_SD, transport_cov=transport)
         return names, fit_bowl(z, y, low, high, prior, seed=[self._seed, len(rows)],
-                               group=group)
+                               group=group, shift=shift)
 
     def _shorter(self, study: Study, names: list[str]
                  ) -> tuple[np.ndarray, np.ndarray, list[float]] | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,24 @@ def test_no_trials_is_the_prior():
     prior = BowlPrior(vertex=np.array([0.5, -0.5]), vertex_cov=np.eye(2) * 0.01, curvature=H)
     bowl = fit_bowl(np.zeros((0, 2)), np.zeros(0), *BOX, prior)
     assert bowl.n == 0 and bowl.center == pytest.approx([0.5, -0.5])
+
+
+def test_a_rung_moved_by_an_unsure_exponent_locates_less():
+    """Trials stopped at a rung were moved to the full budget by the law's exponent; where the
+    exponent is unsure, so is the move: their vertex (here 0.6 off the truth, as from an
+    exponent 0.27 off over a shift of log 9) must not pull the full run's vertex with it."""
+    prior = BowlPrior(vertex=np.zeros(2), vertex_cov=np.eye(2) * 0.04, curvature=H, noise=0.002)
+    rung = np.array([0.6, 0.0])
+    group = np.repeat([0, 1], [4, 30])
+    shift = np.where(group == 1, np.log(9.0), 0.0)
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        z_full, z_rung = rng.normal(0, 0.4, (4, 2)), rung + rng.uniform(-1.5, 1.5, (30, 2))
+        z = np.vstack([z_full, z_rung])
+        y = np.concatenate([lopsided(z_full, np.zeros(2)), 1.3 * lopsided(z_rung, rung)])
+        y *= 1 + 0.002 * rng.standard_normal(len(y))
+        exact = fit_bowl(z, y, *BOX, prior, group=group, shift=shift)  # no transport_cov
+        unsure = fit_bowl(z, y, *BOX, replace(prior, transport_cov=np.eye(2) * 0.2**2),
+                          group=group, shift=shift)
+        assert exact.center[0] > 0.3  # the rung's 30 trials outvote 4 full-length ones
+        assert abs(unsure.center[0]) < 0.6 * exact.center[0]
