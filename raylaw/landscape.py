@@ -266,7 +266,8 @@ def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
     offsets = np.column_stack([group == g for g in shorter]).astype(float) if shorter else (
         np.zeros((n, 0)))
     tilt, tilt_cov = np.zeros((n, 0)), None
-    if shorter and shift is not None and prior.transport_cov is not None:
+    if (shorter and shift is not None and prior.transport_cov is not None
+            and np.trace(prior.transport_cov) > 0):
         h0 = _curvature0(prior, span)
         tilt = np.asarray(shift, dtype=float)[:, None] * x
         spread = prior.curvature_sd if prior.curvature is not None else 1.0
@@ -414,7 +415,7 @@ def _with_block(components: list[tuple[np.ndarray, np.ndarray, float, bool]],
     if cov is None:
         return components
     k = len(cov)
-    jitter = 1e-12 * max(float(np.trace(cov)), 1e-300) * np.eye(k)
+    jitter = 1e-6 * float(np.trace(cov)) / k * np.eye(k)  # a direction it fixes: nearly 0
     block = np.linalg.inv(cov + jitter)
     out = []
     for mu0, prec0, log_mix, broad in components:

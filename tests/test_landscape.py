@@ -112,3 +112,7 @@ def test_a_rung_moved_by_an_unsure_exponent_locates_less():
                           group=group, shift=shift)
         assert exact.center[0] > 0.3  # the rung's 30 trials outvote 4 full-length ones
         assert abs(unsure.center[0]) < 0.6 * exact.center[0]
+        # a law whose second hyperparameter does not move with the budget: sure in that one
+        half = fit_bowl(z, y, *BOX, replace(prior, transport_cov=np.diag([0.2**2, 0.0])),
+                        group=group, shift=shift)
+        assert abs(half.center[0] - unsure.center[0]) < 0.1
