@@ -435,6 +435,17 @@ class ScalingLaw:
             out[name] = Prediction(math.exp(c), math.exp(lo), math.exp(hi), coverage, sd)
         return out
 
+    def budget_exponents(self, budget: str) -> dict[str, tuple[float, float]]:
+        """Per hyperparameter whose law depends on the scale variable ``budget`` (e.g. D): its
+        exponent of it and that exponent's sd. A run stopped at f of the budget is like a full
+        run at f times it, whose optimum sits ``f ** exponent`` times the full run's."""
+        out = {}
+        for name, term in self.terms.items():
+            if term.fitted and budget in term.depends_on:
+                k = 1 + term.depends_on.index(budget)
+                out[name] = (float(term.coef[k]), math.sqrt(max(float(term.coef_cov[k, k]), 0.0)))
+        return out
+
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per hyperparameter: coefficients with standard errors, scatter, and fit residuals."""
         out = {}

@@ -77,16 +77,12 @@ class LawSampler(BaseSampler):
         # how the optimum moves with the budget (the scale variable a trial's steps count up
         # to): the law's exponent of it, per governed hyperparameter
         self._budget = None
-        self._exponents: dict[str, float] = {}
-        self._exponent_sds: dict[str, float] = {}
+        self._exponents: dict[str, tuple[float, float]] = {}  # (exponent, its sd)
         budget = getattr(space, "budget", None) if space is not None else None
         if fitted and budget and budget in scale:
             self._budget = float(scale[budget])
-            for name, term in law.terms.items():
-                if name in governed and term.fitted and budget in term.depends_on:
-                    k = 1 + term.depends_on.index(budget)
-                    self._exponents[name] = float(term.coef[k])
-                    self._exponent_sds[name] = math.sqrt(max(float(term.coef_cov[k, k]), 0.0))
+            self._exponents = {n: e for n, e in law.budget_exponents(budget).items()
+                               if n in governed}
         # a declared noise (measured for the space) is a prior; without one the
         # trials' residuals alone estimate it (a law fitted from cleaner data would mislead)
         if noise is None and space is not None:
@@ -176,7 +172,7 @@ class LawSampler(BaseSampler):
             shift = np.concatenate([shift, np.log(self._budget / np.array(steps))])
         vertex, vertex_cov = self._vertex_prior(names)
         shape = self._shape.prior(names) if self._shape is not None else BowlPrior()
-        transport = np.diag([self._exponent_sds.get(n, 0.0) ** 2 for n in names])
+        transport = np.diag([self._exponents.get(n, (0.0, 0.0))[1] ** 2 for n in names])
         prior = replace(shape, vertex=vertex, vertex_cov=vertex_cov, noise=self._noise,
                         noise_sd=DECLARED_NOISE_SD, transport_cov=transport)
         return names, fit_bowl(z, y, low, high, prior, seed=[self._seed, len(rows)],
@@ -197,8 +193,8 @@ class LawSampler(BaseSampler):
             if not (0 < step < self._budget * (1 - 1e-9)) or not math.isfinite(value):
                 continue
             shift = math.log(self._budget / step)
-            pts.append([math.log(float(t.params[n])) + self._exponents.get(n, 0.0) * shift
-                        for n in names])
+            pts.append([math.log(float(t.params[n])) + self._exponents.get(n, (0.0, 0.0))[0]
+                        * shift for n in names])
             vals.append(float(value))
             steps.append(float(step))
         if not pts:

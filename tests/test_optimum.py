@@ -139,3 +139,41 @@ def test_completed_trials_all_on_the_floor_bound_the_optimum():
     assert opt.sigmas["bs"] >= 0.5
     inside = extract_optimum(df.assign(bs=[4, 4, 4, 8, 32]), SPACE, {"N": 1e7})
     assert "bs" not in inside.values  # off the bound: no evidence about bs
+
+
+def test_stopped_trials_count_in_the_refit_moved_by_the_law():
+    """Under ASHA most trials stop at a rung. With the law's budget exponents the refit counts
+    them as the sampler does (moved to the full budget, an offset per rung), so a scale whose
+    four completed trials cannot place the optimum still gets a narrow one; without the
+    exponents they are excluded and counted."""
+    space = SearchSpace.from_dict({
+        "name": "rungs", "metric": "loss", "mode": "min", "scale": {"D": "tokens"},
+        "fidelity": "tokens", "budget": "D",
+        "governed": {"lr": {"depends_on": ["D"], "low": 1e-5, "high": 1.0, "log": True},
+                     "bs": {"depends_on": ["D"], "low": 1, "high": 4096, "log": True,
+                            "type": "int"}},
+    })
+    d, lr_star, bs_star = 9e6, 3e-3, 64.0
+    exps = {"lr": (0.3, 0.05), "bs": (0.5, 0.05)}  # the law's exponents of D, with sds
+    rng = np.random.default_rng(0)
+
+    def loss(lr: float, bs: float, f: float) -> float:  # a run of f * D: its optimum moved
+        u = math.log(lr / (lr_star * f ** exps["lr"][0]))
+        v = math.log(bs / (bs_star * f ** exps["bs"][0]))
+        return (2.0 + 0.4 * (f < 1)) * (1 + 0.01 * u * u + 0.005 * v * v
+                                        + 0.002 * rng.standard_normal())
+
+    rows = [{"lr": lr_star * k, "bs": round(bs_star * k), "loss": loss(lr_star * k, bs_star * k, 1),
+             "status": "completed", "step": d, "last": None} for k in (0.9, 1.0, 1.1, 1.2)]
+    for _ in range(24):  # stopped at D/9, spread widely
+        lr, bs = lr_star * math.exp(rng.normal(-0.6, 1.0)), bs_star * math.exp(rng.normal(-1, 1))
+        rows.append({"lr": lr, "bs": round(bs), "loss": None, "status": "stopped",
+                     "step": d / 9, "last": loss(lr, bs, 1 / 9)})
+    df = pd.DataFrame(rows)
+    alone = extract_optimum(df, space, {"D": d})
+    moved = extract_optimum(df, space, {"D": d}, transport=exps)
+    assert (alone.n_trials, alone.n_excluded) == (4, 24)
+    assert (moved.n_trials, moved.n_excluded) == (28, 0)
+    for n, truth in (("lr", lr_star), ("bs", bs_star)):
+        assert moved.sigmas[n] < 0.5 * alone.sigmas[n]
+        assert abs(math.log(moved.values[n] / truth)) < 2 * moved.sigmas[n] + 0.05
