@@ -6,11 +6,9 @@ completed trial, in log coordinates (the law is a power law), and returns its ve
 vertex's uncertainty, the bowl's curvature and the metric's estimated noise. The vertex prior
 is flat here: the optimum is the law's *evidence*, so it must not already contain the law.
 Curvature and noise may come from other scales (``optima_by_scale`` pools them).
-Diverged and errored trials are excluded and counted. An early-stopped trial's metric is at a
-lower fidelity: with a law's budget exponents (``transport``) it counts as ``LawSampler`` counts
-it, moved to the full budget; otherwise it is excluded and counted. Where the vertex lies beyond
-the space's hard bound, the optimum is kept as a bound (censored): the law fits it as "at most" /
-"at least" that value.
+Diverged, errored and early-stopped trials are excluded and counted (a stopped trial's metric
+is at a lower fidelity). Where the vertex lies beyond the space's hard bound, the optimum is
+kept as a bound (censored): the law fits it as "at most" / "at least" that value.
 """
 
 from __future__ import annotations
@@ -38,18 +36,12 @@ UNBOUND_SIGMA = 0.5  # log-space sd of an optimum bounded only by the hard range
 
 def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: SearchSpace,
                     scale: dict[str, float] | None = None, source: str = "", *,
-                    shape: Shape | None = None, noise: float | None = None,
-                    transport: dict[str, tuple[float, float]] | None = None) -> Optimum:
+                    shape: Shape | None = None, noise: float | None = None) -> Optimum:
     """One scale's optimum from its trials (columns: hyperparameters, metric, ``status``).
 
     Rows whose ``status`` is not ``completed`` or whose metric is not finite are excluded.
     ``shape`` (the bowl's shape seen at other scales, ``pooled_shape``) and ``noise`` (the
     metric's relative sd) are priors; without them the trials alone set them.
-
-    ``transport`` (a law's exponents of the space's budget with their sds,
-    ``ScalingLaw.budget_exponents``) lets early-stopped trials count as ``LawSampler`` counts
-    them: at the step they reached (columns ``step`` and ``last``), moved to the full budget by
-    the exponents, as unsure as those are.
     """
     df = pd.DataFrame(trials)
     metric = space.metric
@@ -64,30 +56,23 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: SearchSp
     z_all = np.log(df[names].to_numpy(dtype=float))
     tried = z_all[np.all(np.isfinite(z_all), axis=1)]
     ok = (status.to_numpy() == "completed") & np.isfinite(y) & np.all(np.isfinite(z_all), axis=1)
+    n_excluded = int((~ok).sum())
     y, z = y[ok], z_all[ok]
     if len(y) == 0:
         raise RaylawError(f"no completed trial with a finite '{metric}' at scale {scale} "
-                          f"({int((~ok).sum())} excluded)")
-    best = z[int(np.argmin(-y if space.mode == "max" else y))]
-    z2, y2, shift = _stopped(df, names, status.to_numpy(), z_all, space, scale, transport)
-    n_excluded = int((~ok).sum()) - len(y2)
-    group = np.concatenate([np.zeros(len(y), dtype=int), _ranks(shift)])
-    z, y, shift = np.vstack([z, z2]), np.concatenate([y, y2]), np.concatenate(
-        [np.zeros(len(y)), shift])
+                          f"({n_excluded} excluded)")
     if space.mode == "max":
         y = -y
     varying = [j for j in range(len(names)) if np.ptp(z[:, j]) > 0]
     values, sigmas, censored = {}, {}, {}
+    best = z[int(np.argmin(y))]
     curv_out, skew_out, method, noise_out = None, None, "single", None
     if varying:
         vn = [names[j] for j in varying]
         low = np.array([_log_bound(space, n, "low") for n in vn])
         high = np.array([_log_bound(space, n, "high") for n in vn])
         prior = shape.prior(vn) if shape is not None else BowlPrior()
-        moved = np.diag([(transport or {}).get(n, (0.0, 0.0))[1] ** 2 for n in vn])
-        bowl = fit_bowl(z[:, varying], y, low, high,
-                        replace(prior, noise=noise, transport_cov=moved), group=group,
-                        shift=shift)
+        bowl = fit_bowl(z[:, varying], y, low, high, replace(prior, noise=noise))
         sd = np.maximum(bowl.sd, MIN_SIGMA)
         for k, name in enumerate(vn):
             values[name] = float(math.exp(bowl.center[k]))
@@ -118,35 +103,6 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: SearchSp
                           "locate an optimum from")
     return Optimum(dict(scale or {}), values, sigmas, int(len(y)), n_excluded, method, source,
                    curv_out, censored, noise_out, skew_out)
-
-
-def _stopped(df: pd.DataFrame, names: list[str], status: np.ndarray, z_all: np.ndarray,
-             space: SearchSpace, scale: dict[str, float] | None,
-             transport: dict[str, tuple[float, float]] | None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Early-stopped trials at the step they reached, moved to the full budget by
-    ``transport``'s exponents: (log coordinates, metric there, log(budget / step)); empty
-    without a transport, a budget in ``scale`` or the ``step``/``last`` columns."""
-    d = len(names)
-    empty = (np.zeros((0, d)), np.zeros(0), np.zeros(0))
-    budget = (scale or {}).get(space.budget) if space.budget else None
-    if not transport or not budget or not {"step", "last"} <= set(df.columns):
-        return empty
-    step = pd.to_numeric(df["step"], errors="coerce").to_numpy(dtype=float)
-    last = pd.to_numeric(df["last"], errors="coerce").to_numpy(dtype=float)
-    use = ((status == "stopped") & np.isfinite(last) & (step > 0)
-           & (step < budget * (1 - 1e-9)) & np.all(np.isfinite(z_all), axis=1))
-    if not use.any():
-        return empty
-    shift = np.log(budget / step[use])
-    exps = np.array([transport.get(n, (0.0, 0.0))[0] for n in names])
-    return z_all[use] + shift[:, None] * exps[None, :], last[use], shift
-
-
-def _ranks(shift: np.ndarray) -> np.ndarray:
-    """Fidelity groups 1, 2, ... of stopped trials, one per step reached (0 is full length)."""
-    steps = sorted(set(np.round(shift, 9).tolist()))
-    return np.array([1 + steps.index(v) for v in np.round(shift, 9).tolist()], dtype=int)
 
 
 def _log_bound(space: SearchSpace, name: str, which: str) -> float:
@@ -278,18 +234,16 @@ def optima_by_scale(df: pd.DataFrame, space: SearchSpace, source: str = "") -> l
 
 def optima_pooled(groups: list[tuple[dict[str, float], pd.DataFrame]], space: SearchSpace,
                   source: str = "", noise: float | None = None,
-                  skip_empty: bool = False,
-                  transport: dict[str, tuple[float, float]] | None = None) -> list[Optimum]:
+                  skip_empty: bool = False) -> list[Optimum]:
     """``extract_optimum`` for each (scale, trials) group, curvature and noise pooled.
 
     ``noise`` (declared) replaces the pooled estimate; with ``skip_empty``, a group with no
-    completed trial is left out instead of being an error; ``transport`` as there.
+    completed trial is left out instead of being an error.
     """
     first, kept = [], []
     for scale, trials in groups:
         try:
-            first.append(extract_optimum(trials, space, scale, source, noise=noise,
-                                         transport=transport))
+            first.append(extract_optimum(trials, space, scale, source, noise=noise))
         except RaylawError:
             if not skip_empty:
                 raise
@@ -299,5 +253,4 @@ def optima_pooled(groups: list[tuple[dict[str, float], pd.DataFrame]], space: Se
     shared = noise if noise is not None else pooled_noise(first)
     if shape is None and shared is None:
         return first
-    return [extract_optimum(g, space, s, source, shape=shape, noise=shared, transport=transport)
-            for s, g in kept]
+    return [extract_optimum(g, space, s, source, shape=shape, noise=shared) for s, g in kept]

@@ -238,8 +238,7 @@ def marked_law_center(study: Study, trial: optuna.Trial) -> bool:
 
 def trials_frame(study: Study) -> pd.DataFrame:
     """A study's finished trials as rows: params, ``value``, ``status``, the fidelity reached
-    (``step``, ``fidelity``), the metric reported there (``last``; a stopped trial has no
-    ``value``) and what the trial cost in its units (``spent``)."""
+    (``step``, ``fidelity``) and what the trial cost in its units (``spent``)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.RUNNING or t.state == TrialState.WAITING:
@@ -249,8 +248,7 @@ def trials_frame(study: Study) -> pd.DataFrame:
         fidelity = t.user_attrs.get(FIDELITY_ATTR)
         spent = t.user_attrs.get(SPENT_ATTR, fidelity if fidelity is not None else step)
         rows.append({**t.params, "value": t.value, "status": status(t), "number": t.number,
-                     "step": step, "last": steps[step] if steps else None,
-                     "fidelity": fidelity, "spent": spent})
+                     "step": step, "fidelity": fidelity, "spent": spent})
     return pd.DataFrame(rows)
 
 

@@ -140,15 +140,11 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 # laws from the sweeps in a store --------------------------------------------------------------
 def optima_from_studies(storage: str | BaseStorage, space: SearchSpace,
-                        study_names: Iterable[str] | None = None,
-                        transport: dict[str, tuple[float, float]] | None = None
-                        ) -> list[Optimum]:
+                        study_names: Iterable[str] | None = None) -> list[Optimum]:
     """One optimum per scale from the studies in ``storage`` whose scale is recorded.
 
     Studies recorded at the same scale are pooled; studies whose ``space`` attribute names
     another search space, or with no scale, are skipped. A URL is opened as ``--store`` is.
-    ``transport`` (a law's budget exponents) lets early-stopped trials count
-    (``extract_optimum``).
     """
     if isinstance(storage, str):
         storage = open_store(storage)
@@ -172,18 +168,14 @@ def optima_from_studies(storage: str | BaseStorage, space: SearchSpace,
     groups = [(scales[key], pd.concat(frames, ignore_index=True))
               for key, frames in sorted(by_scale.items())]
     # a scale with no completed trial is no evidence
-    return optima_pooled(groups, space, source="optuna", noise=space.noise, skip_empty=True,
-                         transport=transport)
+    return optima_pooled(groups, space, source="optuna", noise=space.noise, skip_empty=True)
 
 
 def law_from_studies(storage: str | BaseStorage, space: SearchSpace,
                      prior: str | None = "steplaw",
                      study_names: Iterable[str] | None = None) -> ScalingLaw:
-    """Fit a law from Optuna studies (scale in study user attributes): sweeps become evidence
-    (early-stopped trials too, moved to the full budget by the prior's exponents)."""
-    law = ScalingLaw.for_space(space, prior=prior)
-    transport = law.budget_exponents(space.budget) if space.budget else None
-    optima = optima_from_studies(storage, space, study_names, transport)
+    """Fit a law from Optuna studies (scale in study user attributes): sweeps become evidence."""
+    optima = optima_from_studies(storage, space, study_names)
     if not optima and prior is None:
         raise RaylawError("no study with a recorded scale and completed trials to fit from")
-    return law.fit(optima, source="optuna studies")
+    return ScalingLaw.for_space(space, prior=prior).fit(optima, source="optuna studies")

@@ -329,10 +329,8 @@ def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: S
         recommended["params"] = {**recommended["params"], **fixed}
         records.record_recommended(study, recommended)
     after, version = None, None
-    # early-stopped trials count, moved to the full budget by the law the sweep ran under
-    transport = law.budget_exponents(space.budget) if space.budget else None
     evidence = optima_from_studies(storage, space, [s.study_name for s in sweep_studies(
-        storage, space.name)], transport)
+        storage, space.name)])
     # this scale's optimum as the law sees it (pooled with earlier sweeps at this scale)
     optimum = next((o for o in evidence if scale_key(o.scale) == scale_key(scale)), None)
     if evidence:
