@@ -1,9 +1,10 @@
 """A scale ladder on the built-in byte-level LM (CPU): is raylaw's answer at the target scale at
 least as good as the law's prediction alone, and than tuning the target from scratch?
 
-Run ``python bench/lm_ladder.py [--out DIR]`` (about an hour on 2 cores), or ``--smoke`` (a
-few trials of a tiny model, seconds; prints only). ``--report-from DIR`` rewrites the report
-from ``DIR/result.json`` of a finished run without training.
+Run ``python bench/lm_ladder.py [--out DIR] [--seed S]`` (10-60 min on 2 cores, by load), or
+``--smoke`` (a few trials of a tiny model, seconds; prints only). ``--report-from DIR`` rewrites
+the report from ``DIR/result.json`` of a finished run without training; ``--runs LABEL=DIR ...``
+adds other finished runs to it in one table (replicates at other seeds, other code).
 
 Protocol. Every model is 2 layers deep, so N sets the width alone: N = 1.25e4, 2.5e4, 5e4 and
 the target 1e5 (widths 24, 32, 48, 64), each trained on D = 20 N tokens, space
@@ -262,7 +263,8 @@ def section(res: dict[str, Any], plan: Plan, command: str) -> str:
           f"is in brackets, its estimated noise {answers['raylaw'].get('noise') or 0:.2%}.",
           "", "The law before each rung, against the optimum that rung's sweep found: "
           + "; ".join(_rung_text(r) for r in rungs) + ".", "",
-          "In-sample: the answers were chosen on seed-0 runs (the sweeps'); the scoring seeds "
+          f"In-sample: the answers were chosen on seed-{res['seed']} runs (the sweeps'); the "
+          "scoring seeds "
           "are fresh for every method. The space's declared noise (0.6%) was measured at the "
           "target scale (bench/lm_noise.py).", "",
           "![Final loss of each method's answer by seed](bench/lm_ladder.png)", ""]
@@ -315,6 +317,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--report-from", type=Path, default=None, metavar="DIR",
                         help="train nothing: rewrite the report from DIR/result.json")
+    parser.add_argument("--runs", nargs="*", default=[], metavar="LABEL=DIR",
+                        help="other finished runs (DIR/result.json) to list in one table")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     if args.report_from is not None:
@@ -350,8 +354,34 @@ def main() -> None:
     print(f"wall time {res['wall_total'] / 60:.1f} min; stores in {out}")
 
 
+def others(runs: list[str]) -> list[str]:
+    """A table of other finished runs (``LABEL=DIR``, DIR holding result.json): each method's
+    answer against that run's law prediction, paired by scoring seed."""
+    if not runs:
+        return []
+    L = ["Other runs of this protocol (each its own ladder; `LABEL=DIR` given to `--runs`):", "",
+         "| run | sweeps' seed | the law's prediction: lr, bs, mean | raylaw's answer: lr, bs, "
+         "mean | raylaw vs the law: mean (se) | (b) ASHA + random | (c) TPE |",
+         "|---|---:|---|---|---:|---:|---:|"]
+    for spec in runs:
+        label, _, folder = spec.partition("=")
+        r = json.loads((Path(folder) / "result.json").read_text())
+        a, ref = r["answers"], r["answers"]["law"]["scores"]
+        cfg = {k: f"{a[k]['params']['lr']:.3g}, {a[k]['params']['batch_size']}, "
+                  f"{statistics.fmean(a[k]['scores']):.4f}" for k in ("law", "raylaw")}
+        vs = {k: "{:+.2%} ({:.2%})".format(*paired(a[k]["scores"], ref)[:2])
+              for k in ("raylaw", "asha", "tpe")}
+        L.append(f"| {label} | {r['seed']} | {cfg['law']} | {cfg['raylaw']} | {vs['raylaw']} | "
+                 f"{vs['asha']} | {vs['tpe']} |")
+    return [*L, ""]
+
+
 def report(args: argparse.Namespace, res: dict[str, Any], plan: Plan) -> None:
     text = section(res, plan, res["command"])
+    extra = others(args.runs)
+    if extra:  # before the figure
+        head, _, tail = text.rpartition("![")
+        text = head + "\n".join(extra) + "\n![" + tail
     print("\n" + text)
     if not args.no_write:
         plot(res, plan, args.plot)
