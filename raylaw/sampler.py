@@ -33,6 +33,7 @@ from raylaw.records import mark_law_center
 from raylaw.space import SearchSpace
 
 MIN_SUPPORT = 3  # trials on the bowl before the recommendation is kept near them
+RUNG_SPREAD = 1.5  # stops within this factor of each other are at one rung
 EXPLORE_EVERY = 8  # every 8th trial looks anywhere in the declared ranges
 DECLARED_NOISE_SD = 0.5  # log-sd of the noise prior around a declared noise
 
@@ -166,9 +167,8 @@ class LawSampler(BaseSampler):
         shorter = self._shorter(study, names)
         if shorter is not None:
             z2, y2, steps = shorter
-            ranks = {s: k + 1 for k, s in enumerate(sorted(set(steps)))}
             z, y = np.vstack([z, z2]), np.concatenate([y, sign * y2])
-            group = np.concatenate([group, [ranks[s] for s in steps]])
+            group = np.concatenate([group, rung_groups(steps)])
             shift = np.concatenate([shift, np.log(self._budget / np.array(steps))])
         vertex, vertex_cov = self._vertex_prior(names)
         shape = self._shape.prior(names) if self._shape is not None else BowlPrior()
@@ -336,6 +336,21 @@ def _log(v: float, default: float) -> float:
 def _completed(study: Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.value is not None and math.isfinite(t.value)]
+
+
+def rung_groups(steps: Sequence[float]) -> list[int]:
+    """Fidelity groups 1, 2, ... of stopped trials, one per rung: a trial stops at the first
+    report past its rung, which overshoots by up to a report's worth of steps (more for a
+    larger batch), so steps within RUNG_SPREAD of a group's smallest are one rung (ASHA's rungs
+    are a reduction factor, 3 by default, apart)."""
+    order = sorted(set(steps))
+    first: dict[float, int] = {}
+    k, start = 0, None
+    for s in order:
+        if start is None or s > start * RUNG_SPREAD:
+            k, start = k + 1, s
+        first[s] = k
+    return [first[s] for s in steps]
 
 
 def _declared(study: Study, names: list[str]) -> dict[str, BaseDistribution]:

@@ -20,6 +20,7 @@ from raylaw.optuna import (
     law_from_studies,
     narrowed_distributions,
 )
+from raylaw.sampler import rung_groups
 from tests.conftest import ROOT
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -332,6 +333,12 @@ def test_a_wrong_law_is_doubted_and_overruled():
     assert abs(math.log(rec["lr"] / true_lr(**TARGET))) < 0.5
 
 
+def test_stops_past_one_rung_are_one_fidelity():
+    assert rung_groups([222720, 2.0e6 / 3 + 512, 239616, 222464, 666752, 224000]) == [
+        1, 2, 1, 1, 2, 1]
+    assert rung_groups([]) == []
+
+
 def test_pruned_trials_count_at_their_rung_moved_by_the_law():
     """Under ASHA most trials stop at a rung. A run of D/9 is like a full run at D/9, whose
     optimum the law puts at lr* (1/9)^b_D: moved to D by the law's exponents (and with an
@@ -356,8 +363,9 @@ def test_pruned_trials_count_at_their_rung_moved_by_the_law():
         u, v = math.log(lr / (lr_star * 9**-0.3)), math.log(bs / (bs_star * 9**-0.5))
         study.add_trial(optuna.trial.create_trial(
             params={"lr": lr, "bs": min(4096, max(1, round(bs))), "wd": 0.1}, distributions=dists,
-            state=TrialState.PRUNED, intermediate_values={round(d / 9): 2.4 + 0.05 * u * u
-                                                          + 0.02 * v * v}))
+            # a trial stops at its first report past the rung: a larger batch overshoots more
+            state=TrialState.PRUNED, intermediate_values={round(d / 9) + 2048 * round(bs):
+                                                          2.4 + 0.05 * u * u + 0.02 * v * v}))
     moved = sampler.recommend(study)["lr"]
     assert abs(math.log(moved / lr_star)) < 0.5 * abs(math.log(alone / lr_star))
 
