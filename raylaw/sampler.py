@@ -144,9 +144,9 @@ class LawSampler(BaseSampler):
         with it, a pruned trial counts too, at the step it reached: a run of f of the budget
         is like a full run at that scale, whose optimum the law puts at
         ``optimum * (f / budget) ** exponent``, so its coordinates are moved by the law's
-        exponent to the full budget, and its fidelity gets an offset of its own. The move is as
-        unsure as the exponent: the further a rung is from the full budget, the less it says
-        about where the full run's optimum is (``fit_bowl``'s ``shift``).
+        exponent to the full budget, and its rung (``rung_groups``) gets an offset of its own.
+        The move is as unsure as the exponent: the further a rung is from the full budget, the
+        less it says about where the full run's optimum is (``fit_bowl``'s ``shift``).
         """
         trials = _completed(study)
         if distributions is None:
