@@ -164,24 +164,27 @@ class LawSampler(BaseSampler):
         y = np.array([sign * float(t.value) for t in rows])
         group = np.zeros(len(rows), dtype=int)
         shift = np.zeros(len(rows))
+        exps, sds = (np.array([self._exponents.get(n, (0.0, 0.0))[i] for n in names])
+                     for i in (0, 1))
         shorter = self._shorter(study, names)
         if shorter is not None:
             z2, y2, steps = shorter
-            z, y = np.vstack([z, z2]), np.concatenate([y, sign * y2])
-            group = np.concatenate([group, rung_groups(steps)])
-            shift = np.concatenate([shift, np.log(self._budget / np.array(steps))])
+            moved = np.log(self._budget / steps)  # in log budget, to the full one
+            z = np.vstack([z, z2 + moved[:, None] * exps[None, :]])
+            y = np.concatenate([y, sign * y2])
+            group = np.concatenate([group, rung_groups(steps.tolist())])
+            shift = np.concatenate([shift, moved])
         vertex, vertex_cov = self._vertex_prior(names)
         shape = self._shape.prior(names) if self._shape is not None else BowlPrior()
-        transport = np.diag([self._exponents.get(n, (0.0, 0.0))[1] ** 2 for n in names])
         prior = replace(shape, vertex=vertex, vertex_cov=vertex_cov, noise=self._noise,
-                        noise_sd=DECLARED_NOISE_SD, transport_cov=transport)
+                        noise_sd=DECLARED_NOISE_SD, transport_cov=np.diag(sds**2))
         return names, fit_bowl(z, y, low, high, prior, seed=[self._seed, len(rows)],
                                group=group, shift=shift)
 
     def _shorter(self, study: Study, names: list[str]
-                 ) -> tuple[np.ndarray, np.ndarray, list[float]] | None:
-        """Pruned trials at their last step, moved to the full budget by the law's exponents:
-        (log coordinates, values, steps), or None when they cannot be (no budget or law)."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Pruned trials at their last step: (log coordinates as tried, values, steps), or
+        None when they cannot count (no budget, or no law of how the optimum moves with it)."""
         if not self._budget or not self._exponents:
             return None
         pts, vals, steps = [], [], []
@@ -192,14 +195,12 @@ class LawSampler(BaseSampler):
             value = t.intermediate_values[step]
             if not (0 < step < self._budget * (1 - 1e-9)) or not math.isfinite(value):
                 continue
-            shift = math.log(self._budget / step)
-            pts.append([math.log(float(t.params[n])) + self._exponents.get(n, (0.0, 0.0))[0]
-                        * shift for n in names])
+            pts.append([math.log(float(t.params[n])) for n in names])
             vals.append(float(value))
             steps.append(float(step))
         if not pts:
             return None
-        return np.array(pts), np.array(vals), steps
+        return np.array(pts), np.array(vals), np.array(steps)
 
     def recommend(self, study: Study) -> dict[str, Any]:
         """The estimated optimum: governed hyperparameters from the posterior (a configuration
