@@ -4,7 +4,7 @@ least as good as the law's prediction alone, and than tuning the target from scr
 Run ``python bench/lm_ladder.py [--out DIR] [--seed S]`` (10-60 min on 2 cores, by load), or
 ``--smoke`` (a few trials of a tiny model, seconds; prints only). ``--report-from DIR`` rewrites
 the report from ``DIR/result.json`` of a finished run without training; ``--runs LABEL=DIR ...``
-adds other finished runs to it in one table (replicates at other seeds, other code).
+adds a line per other finished run of the same code (a replicate at another sweeps' seed).
 
 Protocol. Every model is 2 layers deep, so N sets the width alone: N = 1.25e4, 2.5e4, 5e4 and
 the target 1e5 (widths 24, 32, 48, 64), each trained on D = 20 N tokens, space
@@ -318,7 +318,7 @@ def main() -> None:
     parser.add_argument("--report-from", type=Path, default=None, metavar="DIR",
                         help="train nothing: rewrite the report from DIR/result.json")
     parser.add_argument("--runs", nargs="*", default=[], metavar="LABEL=DIR",
-                        help="other finished runs (DIR/result.json) to list in one table")
+                        help="other finished runs (DIR/result.json), a line each")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else FULL
     if args.report_from is not None:
@@ -355,25 +355,24 @@ def main() -> None:
 
 
 def others(runs: list[str]) -> list[str]:
-    """A table of other finished runs (``LABEL=DIR``, DIR holding result.json): each method's
-    answer against that run's law prediction, paired by scoring seed."""
-    if not runs:
-        return []
-    L = ["Other runs of this protocol (each its own ladder; `LABEL=DIR` given to `--runs`):", "",
-         "| run | sweeps' seed | the law's prediction: lr, bs, mean | raylaw's answer: lr, bs, "
-         "mean | raylaw vs the law: mean (se) | (b) ASHA + random | (c) TPE |",
-         "|---|---:|---|---|---:|---:|---:|"]
+    """A line per other finished run of the protocol (``LABEL=DIR``, DIR holding result.json,
+    e.g. a replicate at another sweeps' seed): each answer against that run's law prediction,
+    paired by scoring seed."""
+    out = []
     for spec in runs:
         label, _, folder = spec.partition("=")
         r = json.loads((Path(folder) / "result.json").read_text())
         a, ref = r["answers"], r["answers"]["law"]["scores"]
-        cfg = {k: f"{a[k]['params']['lr']:.3g}, {a[k]['params']['batch_size']}, "
-                  f"{statistics.fmean(a[k]['scores']):.4f}" for k in ("law", "raylaw")}
-        vs = {k: "{:+.2%} ({:.2%})".format(*paired(a[k]["scores"], ref)[:2])
+        vs = {k: "{:+.2%} (se {:.2%})".format(*paired(a[k]["scores"], ref)[:2])
               for k in ("raylaw", "asha", "tpe")}
-        L.append(f"| {label} | {r['seed']} | {cfg['law']} | {cfg['raylaw']} | {vs['raylaw']} | "
-                 f"{vs['asha']} | {vs['tpe']} |")
-    return [*L, ""]
+        law, ray = a["law"], a["raylaw"]
+        out.append(f"{label} (sweeps' seed {r['seed']}): the law's prediction lr "
+                   f"{law['params']['lr']:.3g}, bs {law['params']['batch_size']} scored "
+                   f"{statistics.fmean(law['scores']):.4f}; raylaw's answer lr "
+                   f"{ray['params']['lr']:.3g}, bs {ray['params']['batch_size']} scored "
+                   f"{statistics.fmean(ray['scores']):.4f}, **{vs['raylaw']}** against it; "
+                   f"(b) {vs['asha']}, (c) {vs['tpe']}.")
+    return [*out, ""] if out else []
 
 
 def report(args: argparse.Namespace, res: dict[str, Any], plan: Plan) -> None:
