@@ -264,9 +264,8 @@ def section(res: dict[str, Any], plan: Plan, command: str) -> str:
           "", "The law before each rung, against the optimum that rung's sweep found: "
           + "; ".join(_rung_text(r) for r in rungs) + ".", "",
           f"In-sample: the answers were chosen on seed-{res['seed']} runs (the sweeps'); the "
-          "scoring seeds "
-          "are fresh for every method. The space's declared noise (0.6%) was measured at the "
-          "target scale (bench/lm_noise.py).", "",
+          "scoring seeds are fresh for every method. The space's declared noise (0.6%) was "
+          "measured at the target scale (bench/lm_noise.py).", "",
           "![Final loss of each method's answer by seed](bench/lm_ladder.png)", ""]
     return "\n".join(L)
 

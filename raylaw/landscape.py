@@ -268,10 +268,8 @@ def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
     tilt, tilt_cov = np.zeros((n, 0)), None
     if (shorter and shift is not None and prior.transport_cov is not None
             and np.trace(prior.transport_cov) > 0):
-        h0 = _curvature0(prior, span)
         tilt = np.asarray(shift, dtype=float)[:, None] * x
-        spread = prior.curvature_sd if prior.curvature is not None else 1.0
-        tilt_cov = h0 @ np.asarray(prior.transport_cov, dtype=float) @ h0.T * (1 + spread**2)
+        tilt_cov = _slope_cov(prior, span, np.asarray(prior.transport_cov, dtype=float))
     lev = levels(z) if not shorter else np.zeros((n, 0))  # grids have no rungs
     phi = np.hstack([poly, offsets, tilt, lev])
     # fidelity offsets are nearly free (a shorter run ends higher by any amount)
@@ -518,7 +516,7 @@ def _coef_prior(exps: np.ndarray, span: np.ndarray, prior: BowlPrior
     mus, precs = [], []
     for s in vertex_covs:
         cov = np.diag(np.where(np.isfinite(sd), sd, 0.0) ** 2)
-        cov[np.ix_(lin, lin)] = h0 @ s @ h0.T * (1 + (prior.curvature_sd if known else 1) ** 2)
+        cov[np.ix_(lin, lin)] = _slope_cov(prior, span, s)
         proper = [t for t in range(p) if deg[t] > 0]
         prec = np.zeros((p, p))
         prec[np.ix_(proper, proper)] = np.linalg.inv(cov[np.ix_(proper, proper)])
@@ -534,6 +532,14 @@ def _curvature0(prior: BowlPrior, span: np.ndarray) -> np.ndarray:
     if prior.curvature is not None:
         return np.asarray(prior.curvature, dtype=float)
     return np.diag(0.04 / (0.2 * span) ** 2)
+
+
+def _slope_cov(prior: BowlPrior, span: np.ndarray, vertex_cov: np.ndarray) -> np.ndarray:
+    """Covariance of the bowl's slope b = -A v when its vertex v moves with ``vertex_cov``:
+    A S A, widened by how unsure the curvature A itself is."""
+    h0 = _curvature0(prior, span)
+    spread = prior.curvature_sd if prior.curvature is not None else 1.0
+    return h0 @ vertex_cov @ h0.T * (1 + spread**2)
 
 
 def _noise_prior(noise: float | None, sd: float) -> np.ndarray:

@@ -164,8 +164,7 @@ class LawSampler(BaseSampler):
         y = np.array([sign * float(t.value) for t in rows])
         group = np.zeros(len(rows), dtype=int)
         shift = np.zeros(len(rows))
-        exps, sds = (np.array([self._exponents.get(n, (0.0, 0.0))[i] for n in names])
-                     for i in (0, 1))
+        exps, sds = np.array([self._exponents.get(n, (0.0, 0.0)) for n in names]).T
         shorter = self._shorter(study, names)
         if shorter is not None:
             z2, y2, steps = shorter
