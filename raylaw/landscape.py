@@ -24,9 +24,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.spatial import Delaunay, QhullError
 
 SIGMA_GRID = np.geomspace(2e-5, 0.3, 30)  # relative noise sd of the metric
 MISFIT_GRID = np.array([0.03, 0.1, 0.3])  # the bowl's misfit sd, per unit of gap
@@ -139,28 +141,34 @@ class Bowl:
         return np.sqrt(np.diag(self.cov))
 
     def lowest_within(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """The recommended point inside [lo, hi] (and the hard box): of the posterior mean's
-        low points there, the one whose improvement over the best-supported trial is largest
-        once its uncertainty is subtracted (mean + RECOMMEND_SDS sd of the difference).
+        """The recommended point inside [lo, hi] (and the hard box) and the convex hull of the
+        trials on the bowl: of the posterior mean's low points there, the one whose improvement
+        over the best-supported trial is largest once its uncertainty is subtracted (mean +
+        RECOMMEND_SDS sd of the difference).
 
         A cubic's mean surface can have a local vertex where the prior put it and its lowest
         point elsewhere, and where no trial looked it is extrapolated; so Newton runs from the
         clipped center and from every trial on the bowl, and a point beats the trial the model
-        is surest about only where the model is sure it is better."""
+        is surest about only where the model is sure it is better. A corner of the trials' box
+        can be far from every trial, so a low point outside their hull is moved back towards
+        its start to the hull."""
         lo, hi = np.maximum(lo, self.low), np.minimum(hi, self.high)
         starts = np.clip(np.vstack([self.center[None], self.on]), lo, hi) - self._origin
         theta = np.repeat(self._theta[None], len(starts), axis=0)
         ends, _ = minimize(theta, self._exps, starts, lo - self._origin, hi - self._origin)
-        points = np.vstack([ends, starts])  # the last len(self.on) rows: the trials themselves
         if not len(self.on):
+            points = np.vstack([ends, starts])
             return points[int(np.argmin(self.value(points + self._origin)))] + self._origin
+        # within the trials' hull, not just their box: in a corner of the box no trial looked
+        points = _into_hull(np.vstack([ends, starts]), np.vstack([starts, starts]),
+                            self.on - self._origin)  # the last len(self.on): the trials
         draws = self._post.sample(self._rng, DRAWS)[:, :len(self._exps)]
         values = features(points, self._exps) @ draws.T  # points x draws
         trials = np.arange(len(points) - len(self.on), len(points))
         ref = trials[int(np.argmin(values[trials].mean(axis=1)))]
         diff = values - values[ref]
         score = diff.mean(axis=1) + RECOMMEND_SDS * diff.std(axis=1)
-        return points[int(np.argmin(score))] + self._origin
+        return points[int(np.argmin(np.where(np.isnan(score), np.inf, score)))] + self._origin
 
     def value(self, z: np.ndarray) -> np.ndarray:
         """Posterior mean of the relative metric at points z (m x d)."""
@@ -275,7 +283,9 @@ def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
     # fidelity offsets are nearly free (a shorter run ends higher by any amount)
     components = _with_block(_coef_prior(exps, span, prior),
                              np.eye(len(shorter)) * OFFSET_SD**2 if shorter else None)
-    components = _with_levels(_with_block(components, tilt_cov), lev.shape[1])
+    components = _with_block(components, tilt_cov)
+    components = _with_block(components, np.eye(lev.shape[1]) if lev.shape[1] else None,
+                             LEVEL_GRID)
     log_sigma_prior = _noise_prior(prior.noise, prior.noise_sd)
     # how far above the best trial (of its fidelity) each one is: the bowl's misfit grows with
     # it (a gap to the model's own floor would let a misplaced vertex explain a slope away)
@@ -408,37 +418,24 @@ def _posterior(phi: np.ndarray, r: np.ndarray, gap: np.ndarray, inflate: np.ndar
 
 
 def _with_block(components: list[tuple[np.ndarray, np.ndarray, float, bool]],
-                cov: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
-    """Each component extended by coefficients ~ N(0, cov) (None: none)."""
+                cov: np.ndarray | None, scales: Sequence[float] = (1.0,)
+                ) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
+    """Each component extended by coefficients ~ N(0, k^2 cov), one copy per k of ``scales``
+    (equally likely a priori; the posterior weighs them by evidence). None: no coefficients."""
     if cov is None:
         return components
-    k = len(cov)
-    jitter = 1e-6 * float(np.trace(cov)) / k * np.eye(k)  # a direction it fixes: nearly 0
-    block = np.linalg.inv(cov + jitter)
+    n = len(cov)
+    jitter = 1e-6 * float(np.trace(cov)) / n * np.eye(n)  # a direction it fixes: nearly 0
     out = []
+    blocks = [np.linalg.inv(max(k, 1e-6) ** 2 * (cov + jitter)) for k in scales]
     for mu0, prec0, log_mix, broad in components:
         p = len(mu0)
-        prec = np.zeros((p + k, p + k))
-        prec[:p, :p] = prec0
-        prec[p:, p:] = block
-        out.append((np.concatenate([mu0, np.zeros(k)]), prec, log_mix, broad))
-    return out
-
-
-def _with_levels(components: list[tuple[np.ndarray, np.ndarray, float, bool]], n_levels: int
-                 ) -> list[tuple[np.ndarray, np.ndarray, float, bool]]:
-    """Each component extended by level offsets ~ N(0, tau^2), for every tau of LEVEL_GRID."""
-    if n_levels == 0:
-        return components
-    out = []
-    for mu0, prec0, log_mix, broad in components:
-        p = len(mu0)
-        for tau in LEVEL_GRID:
-            prec = np.zeros((p + n_levels, p + n_levels))
+        for block in blocks:
+            prec = np.zeros((p + n, p + n))
             prec[:p, :p] = prec0
-            prec[p:, p:] = np.eye(n_levels) / max(tau, 1e-6) ** 2
-            out.append((np.concatenate([mu0, np.zeros(n_levels)]), prec,
-                        log_mix - math.log(len(LEVEL_GRID)), broad))
+            prec[p:, p:] = block
+            out.append((np.concatenate([mu0, np.zeros(n)]), prec,
+                        log_mix - math.log(len(scales)), broad))
     return out
 
 
@@ -576,6 +573,25 @@ def _weighted_center(z: np.ndarray, r: np.ndarray) -> np.ndarray:
     k = min(len(r), max(3, 2 * z.shape[1] + 1))
     idx = np.argsort(r)[:k]
     return z[idx].mean(axis=0)
+
+
+def _into_hull(ends: np.ndarray, starts: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """``ends`` moved back towards their ``starts`` to the convex hull of ``pts`` where they
+    lie outside it; NaN where the start is outside too. Unchanged where the hull has no
+    interior (fewer trials than dimensions + 1, or all on a line): the box is all there is."""
+    try:
+        hull = Delaunay(pts)
+    except (QhullError, ValueError):
+        return ends
+    inside = hull.find_simplex(ends, tol=1e-9) >= 0
+    ok = hull.find_simplex(starts, tol=1e-9) >= 0
+    lo, hi = np.zeros(len(ends)), np.ones(len(ends))
+    for _ in range(20):  # bisect each segment start -> end for its last point in the hull
+        mid = (lo + hi) / 2
+        within = hull.find_simplex(starts + mid[:, None] * (ends - starts), tol=1e-9) >= 0
+        lo, hi = np.where(within, mid, lo), np.where(within, hi, mid)
+    moved = np.where(ok[:, None], starts + lo[:, None] * (ends - starts), np.nan)
+    return np.where(inside[:, None], ends, moved)
 
 
 def _convex(h: np.ndarray) -> np.ndarray:

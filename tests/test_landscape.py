@@ -116,3 +116,17 @@ def test_a_rung_moved_by_an_unsure_exponent_locates_less():
         half = fit_bowl(z, y, *BOX, replace(prior, transport_cov=np.diag([0.2**2, 0.0])),
                         group=group, shift=shift)
         assert abs(half.center[0] - unsure.center[0]) < 0.1
+
+
+def test_the_answer_stays_in_the_hull_of_the_trials_not_in_an_empty_corner_of_their_box():
+    # trials on two arms of an L: along x = 0 and along y = 1, all within 1% of the best; the
+    # bowl falls towards (2, -1), beyond their box's corner (1, 0), which is far from them all
+    arm = np.linspace(0.0, 1.0, 6)
+    z = np.vstack([np.column_stack([np.zeros(6), arm]), np.column_stack([arm[1:], np.ones(5)])])
+    y = 1 + 0.002 * ((z[:, 0] - 2) ** 2 + (z[:, 1] + 1) ** 2)
+    bowl = fit_bowl(z, y, *BOX, BowlPrior(curvature=np.eye(2) * 0.004))
+    lo, hi = bowl.support
+    assert np.allclose(lo, 0.0) and np.allclose(hi, 1.0)  # every trial is near the bottom
+    answer = bowl.lowest_within(lo, hi)
+    assert answer[0] - answer[1] <= 1e-6  # on the hull's side of its diagonal (0, 0)-(1, 1)
+    assert np.linalg.norm(answer - np.array([0.5, 0.5])) < 0.2  # the hull's lowest point
