@@ -90,6 +90,7 @@ class Bowl:
         self._draws: np.ndarray | None = None
         self.support: tuple[np.ndarray, np.ndarray] = (low, high)
         self.n_on = n  # trials that fit the bowl (not outliers, not bounds)
+        self.tried = np.zeros((0, len(origin)))  # full-length trials that are not bounds
         self.on = np.zeros((0, len(origin)))  # their points
         t = len(exps)
         self._theta = post.mean()[:t]
@@ -161,14 +162,22 @@ class Bowl:
             return points[int(np.argmin(self.value(points + self._origin)))] + self._origin
         # within the trials' hull, not just their box: in a corner of the box no trial looked
         points = _into_hull(np.vstack([ends, starts]), np.vstack([starts, starts]),
-                            self.on - self._origin)  # the last len(self.on): the trials
+                            self.on - self._origin) + self._origin
+        return self.pick(points[:-len(self.on)], points[-len(self.on):])
+
+    def pick(self, points: np.ndarray, trials: np.ndarray) -> np.ndarray:
+        """Of ``points`` and ``trials`` (tried points), the one whose improvement over the trial
+        the model is surest about is largest once its uncertainty is subtracted (mean +
+        RECOMMEND_SDS sd of the difference): the answer leaves a trial only where the model is
+        sure it is better. NaN points are never picked."""
+        x = np.vstack([points, trials]) - self._origin
         draws = self._post.sample(self._rng, DRAWS)[:, :len(self._exps)]
-        values = features(points, self._exps) @ draws.T  # points x draws
-        trials = np.arange(len(points) - len(self.on), len(points))
-        ref = trials[int(np.argmin(values[trials].mean(axis=1)))]
+        values = features(x, self._exps) @ draws.T  # points x draws
+        tried = np.arange(len(points), len(x))
+        ref = tried[int(np.argmin(values[tried].mean(axis=1)))]
         diff = values - values[ref]
         score = diff.mean(axis=1) + RECOMMEND_SDS * diff.std(axis=1)
-        return points[int(np.argmin(np.where(np.isnan(score), np.inf, score)))] + self._origin
+        return x[int(np.argmin(np.where(np.isnan(score), np.inf, score)))] + self._origin
 
     def value(self, z: np.ndarray) -> np.ndarray:
         """Posterior mean of the relative metric at points z (m x d)."""
@@ -311,6 +320,7 @@ def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
     bowl = Bowl(post, exps, origin, low, high, n, rng)
     fits = (inflate <= ON_BOWL) & ~off  # a bound (divergence) is not on the bowl
     bowl.n_on = int(fits.sum())
+    bowl.tried = z[full & ~off]
     # where the bowl is known: trials that fit it near its bottom (a cubic holds only there);
     # beyond them the vertex is extrapolated
     near = fits & (gap <= max(SUPPORT_GAP, SUPPORT_NOISES * bowl.typical_noise))

@@ -224,11 +224,12 @@ class LawSampler(BaseSampler):
         return out
 
     def _supported(self, names: list[str], bowl: Bowl) -> np.ndarray:
-        """The bowl's center; once a few trials fit the bowl, the posterior mean's lowest point
-        near them: an extrapolated vertex can sit where no trial looked, even where training
-        diverges."""
+        """Once a few trials fit the bowl, the posterior mean's lowest point near them: an
+        extrapolated vertex can sit where no trial looked, even where training diverges.
+        Before, the bowl's center (mostly the law's prediction), unless a completed trial
+        beats it for sure: two trials cannot place a vertex, but one may be far better."""
         if bowl.n_on < MIN_SUPPORT:
-            return bowl.center
+            return bowl.pick(bowl.center[None], bowl.tried) if len(bowl.tried) else bowl.center
         return bowl.lowest_within(*bowl.support)
 
     def recommendation(self, study: Study) -> dict[str, Any]:

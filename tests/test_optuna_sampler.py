@@ -339,6 +339,25 @@ def test_stops_past_one_rung_are_one_fidelity():
     assert rung_groups([]) == []
 
 
+def test_with_two_completed_trials_the_answer_keeps_the_much_better_one():
+    """Two completed trials cannot place a vertex, so the prior (the law) would: but where one
+    of them beat the law's own trial by 18%, the answer is that trial, not the law's center."""
+    law = fitted_law()
+    law.terms["lr"].posterior.mean[0] += math.log(30.0)  # the law's lr is 30x too high
+    sampler = LawSampler(law, SPACE, TARGET, seed=0)
+    dists = SPACE.optuna_distributions()
+    study = optuna.create_study(sampler=sampler)
+    center = law.predict(TARGET)
+    good = {"lr": true_lr(**TARGET), "bs": round(true_bs(TARGET["D"])), "wd": 0.1}
+    for params in ({"lr": center["lr"].center, "bs": round(center["bs"].center), "wd": 0.1},
+                   good):
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                  value=clean_loss(params)))
+    assert clean_loss(study.trials[0].params) > 1.15 * clean_loss(good)
+    answer = sampler.recommend(study)
+    assert answer["lr"] == pytest.approx(good["lr"], rel=0.3)
+
+
 def test_pruned_trials_count_at_their_rung_moved_by_the_law():
     """Under ASHA most trials stop at a rung. A run of D/9 is like a full run at D/9, whose
     optimum the law puts at lr* (1/9)^b_D: moved to D by the law's exponents (and with an
