@@ -269,6 +269,7 @@ def fit_bowl(z: np.ndarray, y: np.ndarray, low: np.ndarray, high: np.ndarray,
         origin = prior.vertex if prior.vertex is not None else _box_center(low, high)
         bowl = fit_bowl(z + origin, y, low, high, replace(prior, noise=1e3), rng)
         bowl.n = bowl.n_on = 0
+        bowl.tried = np.zeros((0, d))
         return bowl
     full = group == 0
     best = int(np.argmin(np.where(full, y, np.inf))) if full.any() else int(np.argmin(y))

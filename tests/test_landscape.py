@@ -91,6 +91,7 @@ def test_no_trials_is_the_prior():
     prior = BowlPrior(vertex=np.array([0.5, -0.5]), vertex_cov=np.eye(2) * 0.01, curvature=H)
     bowl = fit_bowl(np.zeros((0, 2)), np.zeros(0), *BOX, prior)
     assert bowl.n == 0 and bowl.center == pytest.approx([0.5, -0.5])
+    assert len(bowl.tried) == 0  # the prior's placeholder point is no trial
 
 
 def test_a_rung_moved_by_an_unsure_exponent_locates_less():
