@@ -206,11 +206,9 @@ class LawSampler(BaseSampler):
         """The estimated optimum: governed hyperparameters from the posterior (a configuration
         that may never have been tried), the others from the best completed trial.
 
-        Its posterior counts completed trials only, as the refit does: the stopped trials,
-        moved to the full budget by the law's exponents, steer proposals, but where only a
-        few trials complete their moved rungs pulled the answer off (two LM ladder target
-        sweeps: +2.5% and +3.8% against the law's prediction; completed trials alone: +0.5%
-        and -0.1%)."""
+        Its posterior counts completed trials only, as the refit does: stopped trials, moved
+        to the full budget by the law's exponents, steer proposals, but where few trials
+        complete they pulled the answer off (docs/search.md)."""
         return self._recommend(study, self.posterior(study, stopped=False))
 
     def _recommend(self, study: Study, fit: tuple[list[str], Bowl] | None) -> dict[str, Any]:
@@ -226,7 +224,7 @@ class LawSampler(BaseSampler):
     def _supported(self, names: list[str], bowl: Bowl) -> np.ndarray:
         """Once a few trials fit the bowl, the posterior mean's lowest point near them: an
         extrapolated vertex can sit where no trial looked, even where training diverges.
-        Before, the bowl's center (mostly the law's prediction), unless a completed trial
+        With fewer, the bowl's center (mostly the law's prediction) unless a completed trial
         beats it for sure: two trials cannot place a vertex, but one may be far better."""
         if bowl.n_on < MIN_SUPPORT:
             return bowl.pick(bowl.center[None], bowl.tried) if len(bowl.tried) else bowl.center
