@@ -179,6 +179,42 @@ class Bowl:
         score = diff.mean(axis=1) + RECOMMEND_SDS * diff.std(axis=1)
         return x[int(np.argmin(np.where(np.isnan(score), np.inf, score)))] + self._origin
 
+    def informative(self, points: np.ndarray, pending: np.ndarray | None = None) -> np.ndarray:
+        """How much one more trial at each of ``points`` (m x d) is expected to lower the
+        regret of the answer (relative units), after the trials at ``pending`` (running, their
+        values unknown) have reported.
+
+        The vertex is linearized in the coefficients (v = -H^-1 g), so its expected regret is
+        1/2 tr(M C), M = G' H^-1 G, C the coefficients' covariance, and a trial at x with
+        variance s^2 lowers it by 1/2 (c'Mc) / (s^2 + phi'C phi), c = C phi: averaged over the
+        posterior's grid of noise and misfit, so a point far up the wall (where the bowl may
+        not hold) buys less than its slope suggests."""
+        post, exps, o = self._post, self._exps, self._origin
+        t, d = len(exps), len(o)
+        v = self.center[None] - o
+        _, hess = gradient_hessian(v, self._theta[None], exps)
+        maps = _derivative_maps(d, int(exps.sum(axis=1).max()))
+        grad = np.einsum("jts,s->jt", maps, features(v, exps)[0])  # d(gradient)/d(coefficients)
+        m = grad.T @ np.linalg.solve(_convex(hess)[0], grad)
+        phi = features(np.atleast_2d(points) - o, exps)
+        gap = np.maximum(phi @ self._theta - float(features(v, exps)[0] @ self._theta), 0.0)
+        wait = (features(np.atleast_2d(pending) - o, exps) if pending is not None and len(pending)
+                else np.zeros((0, t)))
+        wait_gap = np.maximum(wait @ self._theta - float(features(v, exps)[0] @ self._theta), 0)
+        out = np.zeros(len(phi))
+        for w, prec, sig, mis in zip(post.weights, post.precs, post.sigmas, post.misfits):
+            if w < 1e-4:
+                continue
+            cov = np.linalg.inv(prec)[:t, :t]
+            for f, g in zip(wait, wait_gap):  # a running trial will have told this much
+                c = cov @ f
+                cov = cov - np.outer(c, c) / (sig**2 + misfit_sd(g, mis, sig) ** 2 + f @ c)
+            c = phi @ cov
+            s2 = sig**2 + misfit_sd(gap, mis, sig) ** 2
+            out += w * 0.5 * np.einsum("ct,ts,cs->c", c, m, c) / (
+                s2 + np.einsum("ct,ct->c", c, phi))
+        return out
+
     def value(self, z: np.ndarray) -> np.ndarray:
         """Posterior mean of the relative metric at points z (m x d)."""
         return features(np.atleast_2d(z) - self._origin, self._exps) @ self._theta

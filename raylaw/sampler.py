@@ -26,7 +26,7 @@ from optuna.samplers import BaseSampler, TPESampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from raylaw.landscape import Bowl, BowlPrior, fit_bowl
+from raylaw.landscape import BROAD_WEIGHT, Bowl, BowlPrior, fit_bowl
 from raylaw.law import Prediction, ScalingLaw
 from raylaw.optimum import pooled_shape
 from raylaw.records import mark_law_center
@@ -36,6 +36,10 @@ MIN_SUPPORT = 3  # trials on the bowl before the recommendation is kept near the
 RUNG_SPREAD = 1.5  # stops within this factor of each other are at one rung
 EXPLORE_EVERY = 8  # every 8th trial looks anywhere in the declared ranges
 DECLARED_NOISE_SD = 0.5  # log-sd of the noise prior around a declared noise
+DESIGN_DRAWS = 16  # vertex draws among a doubted law's candidate proposals ...
+DESIGN_RADII = np.geomspace(0.05, 1.6, 10)  # ... and points this far (log) about the center ...
+DESIGN_GAP = 2.0  # ... up to this many noise sds above its bottom
+DOUBT_FACTOR = 3.0  # the trials doubt the law once they favour its being wrong this much
 
 
 class LawSampler(BaseSampler):
@@ -274,8 +278,10 @@ class LawSampler(BaseSampler):
                     # the trials say the law is likely wrong: search the declared ranges
                     values = self._base_values(study, trial, dists)
                 else:
-                    draw = bowl.draw(1, rng)[0]
-                    values = {n: _snap(math.exp(v), every[n]) for n, v in zip(names, draw)}
+                    point = (_informative(bowl, rng, _running(study, trial, names))
+                             if self._vertex and _doubted(bowl.doubt)
+                             else bowl.draw(1, rng)[0])
+                    values = {n: _snap(math.exp(v), every[n]) for n, v in zip(names, point)}
         rng = self._trial_rng(trial, 2)
         values.update({n: self._draw_one(n, d, rng) for n, d in dists.items()
                        if n not in values})
@@ -329,6 +335,40 @@ def enqueue_prediction(study: Study, law: ScalingLaw, space: SearchSpace,
     params.update(extra or {})
     study.enqueue_trial(params, skip_if_exists=True)
     return params
+
+
+def _informative(bowl: Bowl, rng: np.random.Generator, pending: np.ndarray) -> np.ndarray:
+    """The proposal that buys most information about the vertex, when the trials have made
+    the law's prediction less credible than it was a priori: of the bowl's center, vertex
+    draws and points about the center (no more than DESIGN_GAP noise sds up its walls), the
+    one whose trial is expected to lower the answer's regret most (``Bowl.informative``).
+    Thompson draws linger near a wrong prior; these reach the slopes that move the vertex."""
+    d = len(bowl.center)
+    axes = np.eye(d)
+    pairs = [(axes[j] * a + axes[k] * b) / math.sqrt(2) for j in range(d)
+             for k in range(j + 1, d) for a in (1, -1) for b in (1, -1)]
+    dirs = np.vstack([axes, -axes, *pairs]) if pairs else np.vstack([axes, -axes])
+    around = (bowl.center + DESIGN_RADII[:, None, None] * dirs[None]).reshape(-1, d)
+    around = around[bowl.value(around) - bowl.value(bowl.center)[0]
+                    <= DESIGN_GAP * bowl.typical_noise]
+    points = np.clip(np.vstack([bowl.center[None], bowl.draw(DESIGN_DRAWS, rng), around]),
+                     bowl.low, bowl.high)
+    return points[int(np.argmax(bowl.informative(points, pending)))]
+
+
+def _doubted(doubt: float) -> bool:
+    """Whether the trials favour a wrong law by DOUBT_FACTOR over the prior's odds (a Bayes
+    factor of 3, "substantial"): after one or two trials the doubt hovers about its prior."""
+    prior = BROAD_WEIGHT / (1 - BROAD_WEIGHT)
+    return doubt / max(1 - doubt, 1e-12) > DOUBT_FACTOR * prior
+
+
+def _running(study: Study, trial: FrozenTrial, names: list[str]) -> np.ndarray:
+    """Log coordinates of the other running trials (proposed, not yet reported)."""
+    rows = [[math.log(float(t.params[n])) for n in names]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.number != trial.number and all(n in t.params for n in names)]
+    return np.array(rows).reshape(len(rows), len(names))
 
 
 def _fresh_seed() -> int:

@@ -131,3 +131,15 @@ def test_the_answer_stays_in_the_hull_of_the_trials_not_in_an_empty_corner_of_th
     answer = bowl.lowest_within(lo, hi)
     assert answer[0] - answer[1] <= 1e-6  # on the hull's side of its diagonal (0, 0)-(1, 1)
     assert np.linalg.norm(answer - np.array([0.5, 0.5])) < 0.2  # the hull's lowest point
+
+
+def test_a_running_trial_has_already_bought_most_of_what_its_point_would_tell():
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 0.3, (12, 2))
+    y = lopsided(z, np.zeros(2)) * (1 + 0.005 * rng.standard_normal(12))
+    bowl = fit_bowl(z, y, *BOX, BowlPrior(curvature=H))
+    points = bowl.center + np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    alone = bowl.informative(points)
+    assert np.all(alone > 0)
+    waiting = bowl.informative(points, pending=points[1:2])
+    assert waiting[1] < 0.6 * alone[1]  # the same point again: little left to learn there
