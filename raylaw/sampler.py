@@ -5,7 +5,8 @@ It models the governed hyperparameters' landscape at the target scale as a Bayes
 (``raylaw.landscape``) whose vertex prior is the law's prediction, fitted to the study's
 completed trials with the metric's noise estimated. Proposals are Thompson samples of the
 vertex, so they concentrate where the optimum probably is and spread as far as it is still
-uncertain; its answer, ``recommend``, is the posterior's optimum, which may be a configuration
+uncertain (once the trials doubt the law, the points that would most sharpen the answer
+instead); its answer, ``recommend``, is the posterior's optimum, which may be a configuration
 never tried, not the luckiest trial. Every other parameter is left to ``base_sampler``. The
 sampler keeps no state between trials: it recomputes from the study, so several workers can
 share an RDB storage. Users who keep their own sampler can narrow its distributions to the
@@ -338,11 +339,11 @@ def enqueue_prediction(study: Study, law: ScalingLaw, space: SearchSpace,
 
 
 def _informative(bowl: Bowl, rng: np.random.Generator, pending: np.ndarray) -> np.ndarray:
-    """The proposal that buys most information about the vertex, when the trials have made
-    the law's prediction less credible than it was a priori: of the bowl's center, vertex
-    draws and points about the center (no more than DESIGN_GAP noise sds up its walls), the
-    one whose trial is expected to lower the answer's regret most (``Bowl.informative``).
-    Thompson draws linger near a wrong prior; these reach the slopes that move the vertex."""
+    """The proposal that buys most information about the vertex, once the trials doubt the
+    law (``_doubted``): of the bowl's center, vertex draws and points about the center (no
+    more than DESIGN_GAP noise sds up its walls), the one whose trial is expected to lower the
+    answer's regret most (``Bowl.informative``). Thompson draws linger near a wrong prior;
+    these reach the slopes that move the vertex."""
     d = len(bowl.center)
     axes = np.eye(d)
     pairs = [(axes[j] * a + axes[k] * b) / math.sqrt(2) for j in range(d)
