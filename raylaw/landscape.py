@@ -196,11 +196,12 @@ class Bowl:
         maps = _derivative_maps(d, int(exps.sum(axis=1).max()))
         grad = np.einsum("jts,s->jt", maps, features(v, exps)[0])  # d(gradient)/d(coefficients)
         m = grad.T @ np.linalg.solve(_convex(hess)[0], grad)
+        bottom = float(features(v, exps)[0] @ self._theta)
         phi = features(np.atleast_2d(points) - o, exps)
-        gap = np.maximum(phi @ self._theta - float(features(v, exps)[0] @ self._theta), 0.0)
+        gap = np.maximum(phi @ self._theta - bottom, 0.0)
         wait = (features(np.atleast_2d(pending) - o, exps) if pending is not None and len(pending)
                 else np.zeros((0, t)))
-        wait_gap = np.maximum(wait @ self._theta - float(features(v, exps)[0] @ self._theta), 0)
+        wait_gap = np.maximum(wait @ self._theta - bottom, 0.0)
         out = np.zeros(len(phi))
         for w, prec, sig, mis in zip(post.weights, post.precs, post.sigmas, post.misfits):
             if w < 1e-4:
