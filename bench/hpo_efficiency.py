@@ -258,26 +258,40 @@ def verdicts(res: list[Run]) -> list[str]:
 
 
 def section(res: list[Run], args: argparse.Namespace, wall: float) -> str:
+    """The BENCHMARKS section; a replicate (``--first-seed``) gets its verdicts only, under the
+    main section's table."""
     n = len(_STATE["scales"])
     last = args.first_seed + args.seeds - 1
-    return "\n".join([
-        REPLICATE if args.first_seed else SECTION,
-        "",
-        (f"The section above's protocol on sampler seeds {args.first_seed}-{last} (fresh noise "
-         "draws too): how far each figure and verdict moves with the seeds alone."
-         if args.first_seed else
-         "What a search at a new scale answers after 8, 16 and 64 trials, scored by the "
-         "noiseless regret of the answer, when every trial's metric carries 0, 0.1% or 0.5% "
-         "noise: raylaw's recommendation (the model's optimum) against the law's prediction "
-         "alone and the best observed trial of TPE and GP searches."),
-        "",
+    run = [
         f"Command: `python bench/hpo_efficiency.py --seeds {args.seeds}"
         + (f" --first-seed {args.first_seed}" if args.first_seed else "")
         + f" --workers {args.workers}`  ",
         f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; {wall / 60:.0f} min "
-        f"wall on {args.workers} processes (optuna {optuna.__version__}).  ",
+        f"wall on {args.workers} processes (optuna {optuna.__version__}).",
+    ]
+    if args.first_seed:
+        return "\n".join([
+            REPLICATE,
+            "",
+            f"The protocol above on sampler seeds {args.first_seed}-{last} (fresh noise draws "
+            "too): how far each verdict moves with the seeds alone.",
+            "",
+            *run,
+            "",
+            *verdicts(res),
+        ]) + "\n"
+    return "\n".join([
+        SECTION,
+        "",
+        "What a search at a new scale answers after 8, 16 and 64 trials, scored by the "
+        "noiseless regret of the answer, when every trial's metric carries 0, 0.1% or 0.5% "
+        "noise: raylaw's recommendation (the model's optimum) against the law's prediction "
+        "alone and the best observed trial of TPE and GP searches.",
+        "",
+        run[0],
+        run[1] + "  ",
         f"Protocol: {n} Step Law dense scales x {args.seeds} seeds (sampler seeds "
-        f"{args.first_seed}-{args.first_seed + args.seeds - 1}) per method and noise level; "
+        f"{args.first_seed}-{last}) per method and noise level; "
         "the objective is the scale's interpolated `smooth loss` x (1 + e), e ~ N(0, sigma^2) "
         "per trial (the same draws for every method); `lr` in [2.4e-4, 2.2e-2], `bs` in "
         "[16, 2048] (log). The law is fitted leave-one-scale-out (no prior, raylaw's optima of "
@@ -298,8 +312,8 @@ def section(res: list[Run], args: argparse.Namespace, wall: float) -> str:
         *verdicts(res),
         "",
         "![Median regret of each method's answer against trials, per noise level]"
-        "(bench/hpo_efficiency.png)" if not args.first_seed else "",
-    ]).rstrip("\n") + "\n"
+        "(bench/hpo_efficiency.png)",
+    ]) + "\n"
 
 
 def plot(res: list[Run], path: Path) -> None:
