@@ -348,7 +348,7 @@ def _informative(bowl: Bowl, rng: np.random.Generator, pending: np.ndarray) -> n
     axes = np.eye(d)
     pairs = [(axes[j] * a + axes[k] * b) / math.sqrt(2) for j in range(d)
              for k in range(j + 1, d) for a in (1, -1) for b in (1, -1)]
-    dirs = np.vstack([axes, -axes, *pairs]) if pairs else np.vstack([axes, -axes])
+    dirs = np.vstack([axes, -axes, *pairs])
     around = (bowl.center + DESIGN_RADII[:, None, None] * dirs[None]).reshape(-1, d)
     around = around[bowl.value(around) - bowl.value(bowl.center)[0]
                     <= DESIGN_GAP * bowl.typical_noise]
