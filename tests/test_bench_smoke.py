@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -98,9 +99,12 @@ def test_law_accuracy_smoke(smokes):
 def test_hpo_efficiency_smoke(smokes):
     rc, text = smokes("hpo_efficiency")
     assert rc == 0, text[-3000:]
-    lines = [x for x in text.splitlines() if x.split(" ")[0] in ("raylaw", "center", "tpe")]
-    assert len(lines) == 6  # 3 methods x 2 held-out scales, answers after 1..8 trials
+    lines = [x for x in text.splitlines()
+             if x.split(" ")[0] in ("raylaw", "center", "tpe", "floor") and " {" in x]
+    assert len(lines) == 8  # 4 methods x 2 held-out scales, answers after 1..8 trials
     assert all("8:" in x for x in lines)
+    assert re.search(r"raylaw vs center: paired difference [+-]\d\.\d{3}%, 90% interval "
+                     r"\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", text), text[-2000:]
 
 
 def test_overhead_smoke(smokes):
