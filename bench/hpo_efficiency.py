@@ -12,8 +12,9 @@ data's hard ranges) in an Optuna ask/tell loop. A method's *answer* after k tria
 its noiseless regret, loss / the scale's best loss - 1:
 
 1. ``raylaw``: ``LawSampler(law, space, scale, seed=seed)``, its answer ``recommend(study)``
-   (the model's optimum, possibly never tried). The law is fitted leave-one-scale-out: no prior,
-   ``optima_pooled`` of the other 16 scales' smooth trials.
+   (the model's optimum, possibly never tried); beside it, for comparison, the best observed
+   of its own trials (what a noise-blind answer would return). The law is fitted
+   leave-one-scale-out: no prior, ``optima_pooled`` of the other 16 scales' smooth trials.
 2. ``center``: the law's predicted optimum alone (no trial is needed).
 3. ``tpe``: ``TPESampler(seed=seed)`` over the full ranges; its answer the best observed trial.
 4. ``tpe-window``: the same inside the law's interval for a measured optimum, +-1 sd in log
@@ -52,7 +53,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -83,11 +84,13 @@ NEAR = 0.0005  # a tried configuration this close (regret) counts as found
 WRONG_FACTOR = 4.0
 METHODS = {  # key -> label
     "raylaw": "raylaw: LawSampler, recommend()",
+    "raylaw-best": "raylaw's own trials, best observed (not its answer)",
     "center": "the law's center alone",
     "tpe": "TPE, full range, best observed",
     "tpe-window": "TPE in the law's +-1 sd window, best observed",
     "gp": "GPSampler, full range, best observed",
     "wrong": "raylaw, wrong law (4x lr, 4x bs), recommend()",
+    "wrong-best": "raylaw, wrong law: its own trials, best observed (not its answer)",
     "floor": "reference: raylaw's bowl on every run of the scale, noiseless (in-sample)",
 }
 
@@ -100,6 +103,7 @@ class Run:
     seed: int
     answers: dict[int, float]  # trials -> noiseless regret of the answer then
     first: int | None  # first trial whose configuration is within NEAR
+    observed: dict[int, float] | None = None  # raylaw: its own best observed trial's regret
 
 
 # worker side ----------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ def search(method: str, i: int, sigma: float, seed: int, budget: int) -> Run:
         return Run(method, sigma, i, seed, dict.fromkeys(CHECKPOINTS, regret),
                    1 if regret <= NEAR else None)
     study = optuna.create_study(sampler=sampler, direction="minimize")
-    answers, first = {}, None
+    answers, observed, first = {}, {}, None
     for k in range(1, budget + 1):
         trial = study.ask()
         lr = trial.suggest_float("lr", *lr_range, log=True)
@@ -177,7 +181,10 @@ def search(method: str, i: int, sigma: float, seed: int, budget: int) -> Run:
             answer = (sampler.recommend(study) if method in ("raylaw", "wrong")
                       else study.best_params)
             answers[k] = sc.regret(answer["lr"], answer["bs"])
-    return Run(method, sigma, i, seed, answers, first)
+            best = study.best_params
+            observed[k] = sc.regret(best["lr"], best["bs"])
+    return Run(method, sigma, i, seed, answers, first,
+               observed if method in ("raylaw", "wrong") else None)
 
 
 def window(pred, hard: tuple[float, float]) -> tuple[float, float]:
@@ -235,15 +242,16 @@ def tables(res: list[Run]) -> list[str]:
            "config within 0.05% | never |",
            "|---:|---|---:|---:|---:|---:|---:|"]
     for sigma in SIGMAS:
-        for m in ("raylaw", "center", "tpe", "tpe-window", "gp"):
-            runs = pick(res, m, sigma)
+        for m in ("raylaw", "raylaw-best", "center", "tpe", "tpe-window", "gp"):
+            runs = (pick(res, m, sigma) if m != "raylaw-best"
+                    else [replace(r, answers=r.observed) for r in pick(res, "raylaw", sigma)])
             if not runs:
                 continue
             f = firsts(runs)
-            near = "-" if m == "center" else fmt_count(float(np.median(f)))
+            near, never = ("-", "-") if m in ("center", "raylaw-best") else (
+                fmt_count(float(np.median(f))), f"{100 * np.mean(~np.isfinite(f)):.0f}%")
             out.append(f"| {100 * sigma:.1f}% | {METHODS[m]} | {cell(runs, 8)} | "
-                       f"{cell(runs, 16)} | {cell(runs, 64)} | {near} | "
-                       f"{100 * np.mean(~np.isfinite(f)):.0f}% |")
+                       f"{cell(runs, 16)} | {cell(runs, 64)} | {near} | {never} |")
     floor = pick(res, "floor", 0.0)
     if floor:
         out.append(f"| any | {METHODS['floor']} | {cell(floor, 8)} | {cell(floor, 16)} | "
@@ -253,6 +261,9 @@ def tables(res: list[Run]) -> list[str]:
         out.append(f"| 0.1% | {METHODS['wrong']} | {cell(wrong, 8)} | {cell(wrong, 16)} | "
                    f"{cell(wrong, 64)} | {fmt_count(float(np.median(firsts(wrong))))} | "
                    f"{100 * np.mean(~np.isfinite(firsts(wrong))):.0f}% |")
+        seen = [replace(r, answers=r.observed) for r in wrong]
+        out.append(f"| 0.1% | {METHODS['wrong-best']} | {cell(seen, 8)} | {cell(seen, 16)} | "
+                   f"{cell(seen, 64)} | - | - |")
     return out
 
 
