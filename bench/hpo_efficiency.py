@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import steplaw_data  # noqa: E402
 from benchmarks_md import publish  # noqa: E402
 
-from raylaw.law import ScalingLaw  # noqa: E402
+from raylaw.law import Optimum, ScalingLaw  # noqa: E402
 from raylaw.optimum import optima_pooled  # noqa: E402
 from raylaw.sampler import LawSampler  # noqa: E402
 from raylaw.space import SearchSpace  # noqa: E402
@@ -129,7 +129,7 @@ def loso_law(i: int) -> ScalingLaw:
     return _STATE["laws"][i]
 
 
-def floor_optima() -> list:
+def floor_optima() -> list[Optimum]:
     """raylaw's optimum of every scale from all its smooth runs (cached per process)."""
     if "floor" not in _STATE:
         space = _STATE["space"]
@@ -248,8 +248,8 @@ def tables(res: list[Run]) -> list[str]:
             if not runs:
                 continue
             f = firsts(runs)
-            near, never = ("-", "-") if m in ("center", "raylaw-best") else (
-                fmt_count(float(np.median(f))), f"{100 * np.mean(~np.isfinite(f)):.0f}%")
+            near = "-" if m in ("center", "raylaw-best") else fmt_count(float(np.median(f)))
+            never = "-" if m == "raylaw-best" else f"{100 * np.mean(~np.isfinite(f)):.0f}%"
             out.append(f"| {100 * sigma:.1f}% | {METHODS[m]} | {cell(runs, 8)} | "
                        f"{cell(runs, 16)} | {cell(runs, 64)} | {near} | {never} |")
     floor = pick(res, "floor", 0.0)
