@@ -408,6 +408,10 @@ def plot(res: list[Run], path: Path) -> None:
             if ks:
                 ax.plot(ks, [np.median(answers(runs, k)) for k in ks], "o-", color=color,
                         ms=3, label=METHODS[m], ls="--" if m == "center" else "-")
+        floor = answers(pick(res, "floor", 0.0), 64)
+        if floor is not None:
+            ax.axhline(np.median(floor), color="0.5", ls=":", lw=1,
+                       label="reference: bowl on every run, noiseless")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(list(CHECKPOINTS))
