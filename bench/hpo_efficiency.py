@@ -178,11 +178,10 @@ def search(method: str, i: int, sigma: float, seed: int, budget: int) -> Run:
             first = k
         study.tell(trial, sc.loss(lr, bs) * (1 + sigma * noise.standard_normal()))
         if k in CHECKPOINTS:
-            answer = (sampler.recommend(study) if method in ("raylaw", "wrong")
-                      else study.best_params)
-            answers[k] = sc.regret(answer["lr"], answer["bs"])
             best = study.best_params
             observed[k] = sc.regret(best["lr"], best["bs"])
+            answer = sampler.recommend(study) if method in ("raylaw", "wrong") else best
+            answers[k] = sc.regret(answer["lr"], answer["bs"])
     return Run(method, sigma, i, seed, answers, first,
                observed if method in ("raylaw", "wrong") else None)
 
@@ -241,29 +240,28 @@ def tables(res: list[Run]) -> list[str]:
            "| sigma | method | 8 trials | 16 trials | 64 trials | median trials to a tried "
            "config within 0.05% | never |",
            "|---:|---|---:|---:|---:|---:|---:|"]
+    def row(sigma: str, m: str, runs: list[Run], near: bool = True, never: bool = True) -> None:
+        f = firsts(runs)
+        out.append(f"| {sigma} | {METHODS[m]} | {cell(runs, 8)} | {cell(runs, 16)} | "
+                   f"{cell(runs, 64)} | {fmt_count(float(np.median(f))) if near else '-'} | "
+                   f"{f'{100 * np.mean(~np.isfinite(f)):.0f}%' if never else '-'} |")
+
+    def seen(runs: list[Run]) -> list[Run]:  # raylaw's own best observed trial as the answer
+        return [replace(r, answers=r.observed) for r in runs]
+
     for sigma in SIGMAS:
-        for m in ("raylaw", "raylaw-best", "center", "tpe", "tpe-window", "gp"):
-            runs = (pick(res, m, sigma) if m != "raylaw-best"
-                    else [replace(r, answers=r.observed) for r in pick(res, "raylaw", sigma)])
-            if not runs:
-                continue
-            f = firsts(runs)
-            near = "-" if m in ("center", "raylaw-best") else fmt_count(float(np.median(f)))
-            never = "-" if m == "raylaw-best" else f"{100 * np.mean(~np.isfinite(f)):.0f}%"
-            out.append(f"| {100 * sigma:.1f}% | {METHODS[m]} | {cell(runs, 8)} | "
-                       f"{cell(runs, 16)} | {cell(runs, 64)} | {near} | {never} |")
-    floor = pick(res, "floor", 0.0)
-    if floor:
-        out.append(f"| any | {METHODS['floor']} | {cell(floor, 8)} | {cell(floor, 16)} | "
-                   f"{cell(floor, 64)} | - | - |")
-    wrong = pick(res, "wrong", 0.001)
-    if wrong:
-        out.append(f"| 0.1% | {METHODS['wrong']} | {cell(wrong, 8)} | {cell(wrong, 16)} | "
-                   f"{cell(wrong, 64)} | {fmt_count(float(np.median(firsts(wrong))))} | "
-                   f"{100 * np.mean(~np.isfinite(firsts(wrong))):.0f}% |")
-        seen = [replace(r, answers=r.observed) for r in wrong]
-        out.append(f"| 0.1% | {METHODS['wrong-best']} | {cell(seen, 8)} | {cell(seen, 16)} | "
-                   f"{cell(seen, 64)} | - | - |")
+        label = f"{100 * sigma:.1f}%"
+        for m in ("raylaw", "center", "tpe", "tpe-window", "gp"):
+            runs = pick(res, m, sigma)
+            if runs:
+                row(label, m, runs, near=m != "center")
+            if runs and m == "raylaw":
+                row(label, "raylaw-best", seen(runs), near=False, never=False)
+    if floor := pick(res, "floor", 0.0):
+        row("any", "floor", floor, near=False, never=False)
+    if wrong := pick(res, "wrong", 0.001):
+        row("0.1%", "wrong", wrong)
+        row("0.1%", "wrong-best", seen(wrong), near=False, never=False)
     return out
 
 

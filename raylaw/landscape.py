@@ -194,13 +194,13 @@ class Bowl:
         v = self.center[None] - o
         _, hess = gradient_hessian(v, self._theta[None], exps)
         maps = _derivative_maps(d, int(exps.sum(axis=1).max()))
-        grad = np.einsum("jts,s->jt", maps, features(v, exps)[0])  # d(gradient)/d(coefficients)
+        at_v = features(v, exps)[0]
+        grad = np.einsum("jts,s->jt", maps, at_v)  # d(gradient)/d(coefficients)
         m = grad.T @ np.linalg.solve(_convex(hess)[0], grad)
-        bottom = float(features(v, exps)[0] @ self._theta)
+        bottom = float(at_v @ self._theta)
         phi = features(np.atleast_2d(points) - o, exps)
         gap = np.maximum(phi @ self._theta - bottom, 0.0)
-        wait = (features(np.atleast_2d(pending) - o, exps) if pending is not None and len(pending)
-                else np.zeros((0, t)))
+        wait = features(np.reshape([] if pending is None else pending, (-1, d)) - o, exps)
         wait_gap = np.maximum(wait @ self._theta - bottom, 0.0)
         out = np.zeros(len(phi))
         for w, prec, sig, mis in zip(post.weights, post.precs, post.sigmas, post.misfits):
