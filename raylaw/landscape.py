@@ -11,12 +11,14 @@ with Gaussian priors: the vertex near a law's prediction (mixed with a broad pri
 box, so trials can overrule a wrong law; ``Bowl.doubt`` is the posterior weight of that), the
 curvature and lopsidedness near those seen at other scales, and, where the trials form a grid,
 an offset per shared value (runs with the same batch size see the same last batches, so their
-final training losses move together). The noise sd is unknown: it is integrated over a grid
-(with a declared value as its prior). A bowl holds only near its vertex, so each trial's
-variance grows with its gap above the best trial (noise^2 + (misfit * gap)^2, misfit also on a
-grid); a trial more than OFF_GAP above the best (divergence) counts as a bound the bowl must
-clear, and outliers are shrunk to ROBUST_CUT sds. Every grid point's posterior is conjugate;
-draws of the vertex give the optimum's uncertainty and Thompson-sampling proposals.
+final training losses move together). The noise sd is unknown: it is integrated over a grid,
+with a declared value as its prior; without one, the prior is flat up to 2% and falls off above
+it (a bowl that cannot fit a wall near divergence could call it noise). A bowl holds only near
+its vertex, so each trial's variance grows with its gap above the best trial
+(noise^2 + (misfit * gap)^2, misfit also on a grid); a trial more than OFF_GAP above the best
+(divergence) counts as a bound the bowl must clear, and outliers are shrunk to ROBUST_CUT sds.
+Every grid point's posterior is conjugate; draws of the vertex give the optimum's uncertainty
+and Thompson-sampling proposals.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ import numpy as np
 from scipy.spatial import Delaunay, QhullError
 
 SIGMA_GRID = np.geomspace(2e-5, 0.3, 30)  # relative noise sd of the metric
+# with no declared noise, the prior is flat up to this (training losses vary 0.1-2% from run to
+# run) and falls off above it (log-sd NOISE_CEILING_SD): a bowl that cannot fit a wall near
+# divergence would otherwise call it noise, and then no trial could contradict the law
+NOISE_CEILING = 0.02
+NOISE_CEILING_SD = 0.5
 MISFIT_GRID = np.array([0.03, 0.1, 0.3])  # the bowl's misfit sd, per unit of gap
 ROBUST_ITERATIONS = 4  # refits with each trial's gap from the previous fit
 BROAD_WEIGHT = 0.15  # prior probability that the law's vertex prediction is wrong
@@ -588,10 +595,11 @@ def _slope_cov(prior: BowlPrior, span: np.ndarray, vertex_cov: np.ndarray) -> np
 
 
 def _noise_prior(noise: float | None, sd: float) -> np.ndarray:
-    """Log prior weights of SIGMA_GRID: log-uniform, or log-normal around a known noise."""
+    """Log prior weights of SIGMA_GRID: log-normal around a known noise; else log-uniform up to
+    NOISE_CEILING and a half log-normal above it."""
     logs = np.log(SIGMA_GRID)
     if noise is None or not noise > 0:
-        return np.zeros(len(SIGMA_GRID))
+        return -0.5 * (np.maximum(logs - math.log(NOISE_CEILING), 0.0) / NOISE_CEILING_SD) ** 2
     return -0.5 * ((logs - math.log(noise)) / sd) ** 2
 
 

@@ -56,7 +56,8 @@ class LawSampler(BaseSampler):
         seed: makes the proposals reproducible.
         base_sampler: samples the other (free) parameters; multivariate TPE by default.
         noise: the metric's relative sd from run to run, as a prior; default: the space's
-            ``noise``, else estimated from the trials alone.
+            ``noise``, else estimated from the trials (a prior flat up to 2%: declare it where
+            known, since a wrong law's cliff can pass for noise; docs/search.md).
         explore_every: every k-th trial (k - 1, 2k - 1, ...) is drawn anywhere in the declared
             ranges, in case the law is wrong where the trials cannot tell (None: never).
 
@@ -89,8 +90,8 @@ class LawSampler(BaseSampler):
             self._budget = float(scale[budget])
             self._exponents = {n: e for n, e in law.budget_exponents(budget).items()
                                if n in governed}
-        # a declared noise (measured for the space) is a prior; without one the
-        # trials' residuals alone estimate it (a law fitted from cleaner data would mislead)
+        # a declared noise (measured for the space) is a prior; without one the trials'
+        # residuals estimate it (a law fitted from cleaner data would mislead)
         if noise is None and space is not None:
             noise = space.noise
         self._noise = noise

@@ -100,8 +100,9 @@ def test_hpo_efficiency_smoke(smokes):
     rc, text = smokes("hpo_efficiency")
     assert rc == 0, text[-3000:]
     lines = [x for x in text.splitlines()
-             if x.split(" ")[0] in ("raylaw", "center", "tpe", "floor") and " {" in x]
-    assert len(lines) == 8  # 4 methods x 2 held-out scales, answers after 1..8 trials
+             if x.split(" ")[0] in ("raylaw", "wrong-declared", "center", "tpe", "floor")
+             and " {" in x]
+    assert len(lines) == 10  # 5 methods x 2 held-out scales, answers after 1..8 trials
     assert all("8:" in x for x in lines)
     assert re.search(r"raylaw vs center: paired difference [+-]\d\.\d{3}%, 90% interval "
                      r"\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", text), text[-2000:]

@@ -7,7 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from raylaw.landscape import BowlPrior, fit_bowl, levels
+from raylaw.landscape import (
+    NOISE_CEILING,
+    SIGMA_GRID,
+    BowlPrior,
+    _noise_prior,
+    fit_bowl,
+    levels,
+)
 
 H = np.array([[0.02, -0.006], [-0.006, 0.016]])  # Step Law-like curvature of the relative gap
 BOX = (np.array([-6.0, -6.0]), np.array([6.0, 6.0]))
@@ -42,6 +49,20 @@ def test_noise_is_estimated_from_the_residuals():
     assert 0.0035 < bowl.noise < 0.007
     clean = fit_bowl(z, lopsided(z, np.zeros(2)), *BOX)
     assert clean.noise < 0.001
+
+
+def test_noise_above_the_ceiling_needs_evidence():
+    """With no declared noise the prior is flat up to NOISE_CEILING and falls off above it;
+    enough trials still show a larger noise."""
+    logs = np.log(SIGMA_GRID)
+    prior = _noise_prior(None, 0.5)
+    assert np.all(prior[SIGMA_GRID <= NOISE_CEILING] == 0)
+    assert np.all(np.diff(prior[SIGMA_GRID > NOISE_CEILING]) < 0)
+    assert prior[np.argmin(np.abs(logs - np.log(0.1)))] < -4  # 10% noise: e^-4 a priori
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 0.7, (60, 2))
+    y = lopsided(z, np.zeros(2)) * (1 + 0.06 * rng.standard_normal(60))
+    assert 0.035 < fit_bowl(z, y, *BOX).noise < 0.08
 
 
 def test_the_law_prior_holds_with_few_trials_and_data_overrule_it():
