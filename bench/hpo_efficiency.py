@@ -386,8 +386,8 @@ def section(res: list[Run], args: argparse.Namespace, wall: float) -> str:
         "this data (2-seed runs of these conditions; the recommendation's support rule after a "
         "first 20-seed run, on seeds 100-104; a doubted law's proposals on seeds 100-104, a "
         "looser version run once on seeds 0-19, this one confirmed on seeds 40-59; the noise "
-        "prior's ceiling on seeds 0-9, confirmed on seeds 20-39), so its rows are not "
-        "out-of-sample.",
+        "prior's ceiling on seeds 0-9, confirmed on seeds 20-39; the doubt's onset on seeds 0-9, "
+        "tested on seeds 40-49, confirmed on seeds 0-39), so its rows are not out-of-sample.",
         "",
         granularity(),
         "",

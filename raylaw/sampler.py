@@ -40,7 +40,8 @@ DECLARED_NOISE_SD = 0.5  # log-sd of the noise prior around a declared noise
 DESIGN_DRAWS = 16  # vertex draws among a doubted law's candidate proposals ...
 DESIGN_RADII = np.geomspace(0.05, 1.6, 10)  # ... and points this far (log) about the center ...
 DESIGN_GAP = 2.0  # ... up to this many noise sds above its bottom
-DOUBT_FACTOR = 3.0  # the trials doubt the law once they favour its being wrong this much
+DOUBT_FACTOR = 1.0  # the trials doubt the law once they favour its being wrong at all ...
+DOUBT_ONSET = MIN_SUPPORT  # ... from this many trials on (with fewer, the doubt is its prior)
 
 
 class LawSampler(BaseSampler):
@@ -281,7 +282,7 @@ class LawSampler(BaseSampler):
                     values = self._base_values(study, trial, dists)
                 else:
                     point = (_informative(bowl, rng, _running(study, trial, names))
-                             if self._vertex and _doubted(bowl.doubt)
+                             if self._vertex and _doubted(bowl)
                              else bowl.draw(1, rng)[0])
                     values = {n: _snap(math.exp(v), every[n]) for n, v in zip(names, point)}
         rng = self._trial_rng(trial, 2)
@@ -358,11 +359,14 @@ def _informative(bowl: Bowl, rng: np.random.Generator, pending: np.ndarray) -> n
     return points[int(np.argmax(bowl.informative(points, pending)))]
 
 
-def _doubted(doubt: float) -> bool:
-    """Whether the trials favour a wrong law by DOUBT_FACTOR over the prior's odds (a Bayes
-    factor of 3, "substantial"): after one or two trials the doubt hovers about its prior."""
+def _doubted(bowl: Bowl) -> bool:
+    """Whether the bowl's trials favour a wrong law over the prior's odds (a Bayes factor above
+    DOUBT_FACTOR), once there are DOUBT_ONSET of them: after one or two trials the doubt hovers
+    about its prior, so which side of it the doubt falls is chance."""
+    if bowl.n < DOUBT_ONSET:
+        return False
     prior = BROAD_WEIGHT / (1 - BROAD_WEIGHT)
-    return doubt / max(1 - doubt, 1e-12) > DOUBT_FACTOR * prior
+    return bowl.doubt / max(1 - bowl.doubt, 1e-12) > DOUBT_FACTOR * prior
 
 
 def _running(study: Study, trial: FrozenTrial, names: list[str]) -> np.ndarray:

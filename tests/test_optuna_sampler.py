@@ -14,13 +14,14 @@ import pytest
 from optuna.trial import TrialState
 
 from raylaw import Optimum, ScalingLaw, SearchSpace
+from raylaw.landscape import BROAD_WEIGHT
 from raylaw.optuna import (
     LawSampler,
     enqueue_prediction,
     law_from_studies,
     narrowed_distributions,
 )
-from raylaw.sampler import rung_groups
+from raylaw.sampler import _doubted, rung_groups
 from tests.conftest import ROOT
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -351,6 +352,27 @@ def test_a_doubted_law_proposes_where_trials_move_the_vertex(monkeypatch):
     monkeypatch.setattr("raylaw.sampler.DOUBT_FACTOR", math.inf)  # never doubted
     thompson = [miss(seed) for seed in range(4)]
     assert sum(designed) < 0.7 * sum(thompson)
+
+
+def test_the_law_is_doubted_once_three_trials_favour_its_being_wrong():
+    """With one trial the doubt is its prior, and with two it is not yet evidence: the proposals
+    turn to the design only from the third trial, once the trials favour a wrong law at all."""
+    wrong = fitted_law()
+    for term in wrong.terms.values():
+        term.posterior.mean[0] += math.log(8.0)
+    sampler = LawSampler(wrong, SPACE, TARGET, seed=0)
+    study = optuna.create_study(sampler=sampler)
+    f = noisy_objective(0.001, 0)
+    seen = []
+    for _ in range(5):
+        t = study.ask()
+        study.tell(t, f(t))
+        bowl = sampler.posterior(study)[1]
+        seen.append((bowl.n, bowl.doubt, _doubted(bowl)))
+    assert seen[0][1] == pytest.approx(BROAD_WEIGHT)  # one trial: the prior
+    assert seen[1][1] > BROAD_WEIGHT and not seen[1][2]  # two: above the prior, not doubted
+    assert all(d == (p > BROAD_WEIGHT) for n, p, d in seen if n >= 3)
+    assert any(d for _, _, d in seen)
 
 
 def test_stops_past_one_rung_are_one_fidelity():
