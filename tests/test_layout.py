@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import raylaw
 
 PACKAGE = Path(__file__).resolve().parents[1] / "raylaw"
 
@@ -53,3 +57,16 @@ def test_raylaw_modules_import_each_other_without_cycles():
 
     for m in sorted(graph):
         visit(m, [m])
+
+
+def test_a_trials_process_imports_no_optuna_scipy_or_pandas():
+    """Ray starts a process per trial and per Train worker: what running a trainable imports is
+    paid every time (``raylaw`` loads its public names on first use). The names still work."""
+    code = ("import sys, raylaw, raylaw.workers, raylaw.trainables.lm, tests.synthetic\n"
+            "print(sorted(m for m in ('optuna', 'scipy', 'pandas') if m in sys.modules))\n"
+            "from raylaw import LawSampler, ScalingLaw, run_sweep\n"
+            "print(LawSampler.__module__, ScalingLaw.__module__, run_sweep.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=PACKAGE.parent).stdout.splitlines()
+    assert out == ["[]", "raylaw.sampler raylaw.law raylaw.sweep"]
+    assert set(raylaw.__all__) <= set(dir(raylaw))
