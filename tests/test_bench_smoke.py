@@ -1,8 +1,9 @@
 """Every benchmark runs end to end: its ``--smoke`` mode (a tiny model, a few trials, a few
 scales of the Step Law data, 3 trivial trials a side).
 
-The scripts start together (each in its own process; the ladder's with its own
-embedded Ray), so the module costs about as long as the slowest. None writes BENCHMARKS.md.
+The scripts start together with the session's first test, each in its own process (the
+``smokes`` fixture, tests/conftest.py), and these tests run last: the CPU-bound runs use the
+cores the Ray tests leave idle. None writes BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -10,47 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
-
-import pytest
-
-from tests.conftest import ROOT
-
-TIMEOUT = 300  # seconds per script, on a loaded 2-core machine
-
-
-@pytest.fixture(scope="module")
-def smokes(tmp_path_factory):
-    """Start every benchmark's --smoke at once; ``smokes(name)`` waits for one: (rc, output)."""
-    out = tmp_path_factory.mktemp("ladder")
-    before = (ROOT / "BENCHMARKS.md").read_text()
-    commands = {"lm_ladder": ["--out", str(out)], "lm_noise": [], "lm_throughput": [],
-                "law_accuracy": [], "hpo_efficiency": [], "overhead": []}
-    procs = {name: subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke", *extra],
-        cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name, extra in commands.items()}
-    done: dict[str, tuple[int, str]] = {}
-
-    def wait(name: str) -> tuple[int, str]:
-        if name not in done:
-            try:
-                text, _ = procs[name].communicate(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                procs[name].kill()
-                text, _ = procs[name].communicate()
-                pytest.fail(f"bench/{name}.py --smoke ran past {TIMEOUT} s:\n{text[-3000:]}")
-            done[name] = (procs[name].returncode, text)
-        return done[name]
-
-    wait.out = out
-    yield wait
-    for p in procs.values():  # a failed test leaves none running
-        if p.poll() is None:
-            p.kill()
-            p.communicate()
-    assert (ROOT / "BENCHMARKS.md").read_text() == before, "a --smoke run wrote BENCHMARKS.md"
 
 
 def test_lm_ladder_smoke(smokes):

@@ -329,15 +329,11 @@ def test_a_trials_workers_span_both_nodes(cluster, tmp_path):
         tmp_path, "--workers-per-trial", "2", "--cpus-per-trial", "2",
         "--trainable", "tests.synthetic:worker_probe", "--grace-fraction", "1",
         "--config", f"probe_dir={json.dumps(str(probe))}", "--config", "reports=2",
-        "--config", "sleep=0.5", samples=2))
+        "--config", "sleep=0.5", samples=1))
     logs = cluster.wait(sid, timeout=240)
     assert "2 Ray Train workers x (2 CPU, 0 GPU)" in logs, logs[-3000:]
-    ts = store_trials(tmp_path)
-    assert len(ts) == 2 and all(t.state == TrialState.COMPLETE for t in ts)
+    (t,) = store_trials(tmp_path)
+    assert t.state == TrialState.COMPLETE
     records = [json.loads(p.read_text()) for p in probe.glob("*.json")]
-    by_trial: dict = {}
-    for r in records:
-        by_trial.setdefault(r["trial"], []).append(r)
-    assert len(by_trial) == 2
-    for rs in by_trial.values():  # rank 0 and rank 1, one on each node
-        assert sorted(r["rank"] for r in rs) == [0, 1] and len({r["node"] for r in rs}) == 2
+    # rank 0 and rank 1, one on each node: the trial needs every CPU of both
+    assert sorted(r["rank"] for r in records) == [0, 1] and len({r["node"] for r in records}) == 2

@@ -52,7 +52,14 @@ def test_resume_after_the_driver_is_killed(ray_local, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    running = [t.number for t in study_of(tmp_path).get_trials() if t.state == TrialState.RUNNING]
+    at_kill = study_of(tmp_path).get_trials()
+    kept = {t.number: t for t in at_kill if t.state != TrialState.RUNNING}
+    for t in before:  # the store kept what had finished, as it was
+        assert (kept[t.number].state, kept[t.number].value, kept[t.number].intermediate_values,
+                kept[t.number].user_attrs["raylaw_status"]) == (
+            t.state, t.value, t.intermediate_values, t.user_attrs["raylaw_status"])
+    assert not (tmp_path / "law.json").exists()  # the refit never ran: nothing half-written
+    running = [t.number for t in at_kill if t.state == TrialState.RUNNING]
     assert main(args + ["--resume"]) == 0
     study = study_of(tmp_path)  # the same study, continued
     ts = study.get_trials()
