@@ -82,6 +82,9 @@ LABELS = {"law": "the law's prediction alone",
           "raylaw-best": "(a) raylaw: the target sweep's best trial",
           "asha": "(b) ASHA + random sampler, full ranges: best trial",
           "tpe": "(c) TPE, full ranges, no early stopping: best trial"}
+TICKS = {"law": "the law's\nprediction", "raylaw": "(a) raylaw:\nrecommended",
+         "raylaw-best": "(a) raylaw:\nbest trial", "asha": "(b) ASHA +\nrandom",
+         "tpe": "(c) TPE,\nfull ranges"}  # the figure's short labels
 
 
 # ------------------------------------------------------------------------------- the methods
@@ -292,8 +295,7 @@ def plot(res: dict[str, Any], plan: Plan, path: Path) -> None:
                 alpha=0.7, label=f"seed {s}")
     means = [statistics.fmean(res["answers"][k]["scores"]) for k in keys]
     ax.plot(range(len(keys)), means, "k_", ms=24, mew=2, label="mean")
-    ax.set_xticks(range(len(keys)), [LABELS[k].split(":")[0] + (
-        ": best trial" if k == "raylaw-best" else "") for k in keys], fontsize=7)
+    ax.set_xticks(range(len(keys)), [TICKS[k] for k in keys], fontsize=8)
     ax.set_ylabel("final validation loss (nats/byte)")
     ax.set_title(f"LM ladder, answers at N = {plan.ladder[-1]:g}, D = {plan.target['D']:.3g}",
                  fontsize=10)
