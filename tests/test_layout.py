@@ -70,3 +70,5 @@ def test_a_trials_process_imports_no_optuna_scipy_or_pandas():
                          check=True, cwd=PACKAGE.parent).stdout.splitlines()
     assert out == ["[]", "raylaw.sampler raylaw.law raylaw.sweep"]
     assert set(raylaw.__all__) <= set(dir(raylaw))
+    assert all(getattr(raylaw, name).__name__ == name for name in raylaw.__all__)
+    assert len(dir(raylaw)) == len(set(dir(raylaw)))
