@@ -81,11 +81,13 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: SearchSp
                     "lower" if bowl.unclipped[k] > high[k] else None)
             if side and side == _bound_side(space, name, best[varying[k]]):
                 censored[name] = side  # the vertex is past the bound the best trial is on
-        if bowl.curvature is not None:
+        if bowl.curvature is not None and len(y) >= _quadratic_terms(len(vn)):
+            # the scale's own shape: too few trials show only the prior's, and a shape pooled
+            # from it would count those trials twice (a 2-trial sweep moved a right law 3x)
             curv_out = {a: {b: float(bowl.curvature[i, k]) for k, b in enumerate(vn)}
                         for i, a in enumerate(vn)}
-        skew_out = {a: {b: {c: float(bowl.skew[i, k, m]) for m, c in enumerate(vn)}
-                        for k, b in enumerate(vn)} for i, a in enumerate(vn)}
+            skew_out = {a: {b: {c: float(bowl.skew[i, k, m]) for m, c in enumerate(vn)}
+                            for k, b in enumerate(vn)} for i, a in enumerate(vn)}
         method, noise_out = "bowl", bowl.noise
     for j in set(range(len(names))) - set(varying):
         # no completed trial moved it: a lone trial locates nothing by itself (under ASHA
@@ -103,6 +105,11 @@ def extract_optimum(trials: pd.DataFrame | list[dict[str, Any]], space: SearchSp
                           "locate an optimum from")
     return Optimum(dict(scale or {}), values, sigmas, int(len(y)), n_excluded, method, source,
                    curv_out, censored, noise_out, skew_out)
+
+
+def _quadratic_terms(d: int) -> int:
+    """Coefficients of a quadratic in ``d`` variables: the trials a bowl's shape needs."""
+    return 1 + d + d * (d + 1) // 2
 
 
 def _log_bound(space: SearchSpace, name: str, which: str) -> float:

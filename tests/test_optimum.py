@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from raylaw import RaylawError, SearchSpace, extract_optimum, optima_by_scale
+from raylaw.optimum import optima_pooled
+from tests.conftest import LM_SPACE
 
 SPACE = SearchSpace.from_dict({
     "name": "bowl", "metric": "loss", "mode": "min", "scale": {"N": "params"},
@@ -139,3 +141,18 @@ def test_completed_trials_all_on_the_floor_bound_the_optimum():
     assert opt.sigmas["bs"] >= 0.5
     inside = extract_optimum(df.assign(bs=[4, 4, 4, 8, 32]), SPACE, {"N": 1e7})
     assert "bs" not in inside.values  # off the bound: no evidence about bs
+
+
+def test_a_scale_with_too_few_trials_shows_no_shape_and_is_not_counted_twice():
+    """Two completed trials (a law's trial at the optimum and one at a corner) cannot show a
+    bowl's shape: a shape pooled from them used to be their own prior, and the vertex moved
+    3x off the law's right trial with a third of the honest sd."""
+    lm = SearchSpace.load(LM_SPACE)
+    trials = pd.DataFrame([dict(lr=0.0558, batch_size=6, loss=3.0000, status="completed"),
+                           dict(lr=0.3, batch_size=1, loss=3.2083, status="completed")])
+    scale = {"N": 3e4, "D": 3e5}
+    alone = extract_optimum(trials, lm, scale, noise=0.006)
+    (pooled,) = optima_pooled([(scale, trials)], lm, noise=0.006)
+    assert alone.curvature is None and alone.skew is None
+    assert pooled.values == alone.values and pooled.sigmas == alone.sigmas
+    assert min(pooled.sigmas.values()) > 1.0  # log-sd: the two trials locate little
