@@ -70,6 +70,8 @@ class LawSampler(BaseSampler):
                  scale: dict[str, float], *, coverage: float = 0.9, seed: int | None = None,
                  base_sampler: BaseSampler | None = None, n_startup_trials: int = 4,
                  noise: float | None = None, explore_every: int | None = EXPLORE_EVERY) -> None:
+        if law is not None and space is not None:
+            space.check_law(law)
         fitted = law is not None and any(t.fitted for t in law.terms.values())
         governed = list(space.governed) if space is not None else (
             list(law.terms) if law is not None else [])

@@ -132,7 +132,9 @@ class SearchSpace:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise RaylawError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise RaylawError(f"{path}: not valid YAML{where} ({str(e).splitlines()[0]})") from e
         return cls.from_dict(data, where=str(path))
 
     @classmethod
@@ -209,18 +211,30 @@ class SearchSpace:
         return replace(self, free={k: p for k, p in self.free.items() if k not in values})
 
     # narrowing --------------------------------------------------------------------------------
+    def check_law(self, law: ScalingLaw) -> None:
+        """Refuse a law fitted for another space, or one without this space's governed terms."""
+        if law.space_name != self.name:
+            raise RaylawError(f"law fitted for space '{law.space_name}', not '{self.name}'")
+        for name, hp in self.governed.items():
+            term = law.terms.get(name)
+            if term is None or set(term.depends_on) != set(hp.depends_on):
+                raise RaylawError(f"law has no term for '{name}' on {list(hp.depends_on)} as "
+                                  f"space '{self.name}' declares")
+
     def narrowed(self, law: ScalingLaw | None = None, scale: dict[str, float] | None = None,
                  coverage: float = 0.9) -> dict[str, Param]:
         """Every hyperparameter, governed ones narrowed to the law's interval at ``scale``.
 
-        The interval is clipped to the hard bounds; a governed hyperparameter keeps its full
-        range when there is no law (or the law does not cover it).
+        The interval is for an optimum a sweep will measure there (``observed=True``: the law's
+        uncertainty and the scales' scatter around it), clipped to the hard bounds; a governed
+        hyperparameter keeps its full range when there is no law (or the law does not cover it).
         """
         preds = {}
         if law is not None:
             if scale is None:
                 raise RaylawError("narrowing with a law needs a target scale")
-            preds = law.predict(scale, coverage)
+            self.check_law(law)
+            preds = law.predict(scale, coverage, observed=True)
         out = {}
         for name, p in self.governed.items():
             pred = preds.get(name)

@@ -73,8 +73,9 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
-def open_store(url: str) -> RDBStorage:
-    """Open (creating if needed) the store at a SQLAlchemy URL, or fail with one clear line."""
+def open_store(url: str, create: bool = True) -> RDBStorage:
+    """Open (creating if needed, unless not ``create``) the store at a SQLAlchemy URL, or fail
+    with one clear line."""
     url = store_url(url)
     where = f"--store {shown_url(url)}"
     path = sqlite_path(url)
@@ -82,6 +83,8 @@ def open_store(url: str) -> RDBStorage:
         parent = path.expanduser().resolve().parent
         if not parent.is_dir():
             raise RaylawError(f"{where}: directory {parent} does not exist")
+        if not create and not path.expanduser().exists():
+            raise RaylawError(f"{where}: no such file {path}")
     for attempt in range(4):
         try:
             storage = RDBStorage(url, engine_kwargs=_engine_kwargs(url),
@@ -147,7 +150,7 @@ def optima_from_studies(storage: str | BaseStorage, space: SearchSpace,
     another search space, or with no scale, are skipped. A URL is opened as ``--store`` is.
     """
     if isinstance(storage, str):
-        storage = open_store(storage)
+        storage = open_store(storage, create=False)  # a mistyped path must not read as empty
     names = list(study_names) if study_names is not None else [
         s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     by_scale: dict[tuple, list[pd.DataFrame]] = {}

@@ -7,13 +7,14 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from raylaw import Optimum, ScalingLaw, SearchSpace
+from raylaw import Optimum, RaylawError, ScalingLaw, SearchSpace
 from raylaw.landscape import BROAD_WEIGHT
 from raylaw.optuna import (
     LawSampler,
@@ -22,6 +23,7 @@ from raylaw.optuna import (
     narrowed_distributions,
 )
 from raylaw.sampler import _doubted, rung_groups
+from raylaw.store import sqlite_path
 from tests.conftest import ROOT
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -189,7 +191,7 @@ def test_enqueue_pruner_and_helpers():
     states = {t.state for t in study.trials}
     assert TrialState.COMPLETE in states
     d = narrowed_distributions(LAW, SPACE, TARGET)
-    pred = LAW.predict(TARGET)
+    pred = LAW.predict(TARGET, observed=True)
     assert d["lr"].low == pytest.approx(pred["lr"].low) and d["wd"].high == 0.2
     plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     params = enqueue_prediction(plain, LAW, SPACE, TARGET, extra={"wd": 0.1})
@@ -217,6 +219,10 @@ def test_law_from_existing_studies(tmp_path):
     assert len(law.optima) == 4
     p = law.predict({"N": 1e8, "D": 2e9})["lr"]
     assert p.low < true_lr(1e8, 2e9) < p.high
+    typo = url.replace(".db", "s.db")
+    with pytest.raises(RaylawError, match="no such file"):  # not an empty store: a typo
+        law_from_studies(typo, SPACE)
+    assert not Path(sqlite_path(typo)).exists()
 
 
 WORKER = textwrap.dedent("""

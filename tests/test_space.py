@@ -65,6 +65,9 @@ def test_yaml_is_parsed_as_data_only(tmp_path):
     p.write_text("!!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(RaylawError, match="not valid YAML"):
         SearchSpace.load(p)
+    p.write_text("name: x\ngoverned: {lr: [1, 2\n")
+    with pytest.raises(RaylawError, match="not valid YAML at line 3, column 1"):
+        SearchSpace.load(p)
 
 
 def test_without_a_law_the_full_hard_range_is_searched():
@@ -80,7 +83,7 @@ def test_narrowing_uses_the_law_interval_and_clips_to_hard_bounds():
     s = SearchSpace.load(STEPLAW_SPACE)
     law = ScalingLaw.for_space(s, prior="steplaw")
     scale = {"N": 1e9, "D": 2e10}
-    pred = law.predict(scale, 0.5)
+    pred = law.predict(scale, 0.5, observed=True)
     d = s.optuna_distributions(law, scale, coverage=0.5)
     assert d["lr"].low == pytest.approx(max(pred["lr"].low, 2.4e-4))
     assert d["lr"].high == pytest.approx(min(pred["lr"].high, 2.2e-2))
@@ -125,3 +128,15 @@ def test_fix_holds_free_hyperparameters_and_refuses_governed_ones():
         with pytest.raises(RaylawError, match=r"weight_decay=.*expected a number in "
                                               r"\[0\.001, 0\.3\].*space 'lm'"):
             lm.fix({"weight_decay": bad})
+
+
+def test_a_law_for_another_space_is_refused_by_the_python_api_too():
+    from raylaw import LawSampler, narrowed_distributions
+
+    law = ScalingLaw.for_space(SearchSpace.load(STEPLAW_SPACE), prior="steplaw")
+    lm = SearchSpace.load(LM_SPACE)
+    scale = {"N": 1e5, "D": 2e6}
+    for make in (lambda: LawSampler(law, lm, scale), lambda: narrowed_distributions(law, lm, scale),
+                 lambda: lm.tune_space(law, scale)):
+        with pytest.raises(RaylawError, match="law fitted for space 'steplaw', not 'lm'"):
+            make()
