@@ -36,6 +36,8 @@ def parse_scale(items: list[str] | None, flag: str = "--scale") -> dict[str, flo
             raise RaylawError(f"{flag} {name}={value!r}: not a number") from None
         if not math.isfinite(v) or v <= 0:
             raise RaylawError(f"{flag} {name}={value}: must be a positive, finite number")
+        if name in out:
+            raise RaylawError(f"{flag} {name}: given twice ({out[name]:g} and {v:g})")
         out[name] = v
     return out
 
@@ -64,16 +66,22 @@ def read_trials(csv: str, space: SearchSpace, renames: list[str] | None) -> pd.D
         if col not in df.columns:
             raise RaylawError(f"{csv}: no column '{col}' (space '{space.name}' needs "
                               f"{needed + list(space.governed)}; use --rename COLUMN={col})")
-    if not any(h in df.columns for h in space.governed):
+    if df.empty:
+        raise RaylawError(f"{csv}: no trials (the file has a header and no rows)")
+    missing = [h for h in space.governed if h not in df.columns]
+    if len(missing) == len(space.governed):
         raise RaylawError(f"{csv}: none of the governed hyperparameters "
                           f"{list(space.governed)} is a column")
+    for h in missing:  # a sweep that held it: its law stays the prior
+        print(f"raylaw: {csv} has no column '{h}' (governed by space '{space.name}'): its law "
+              "is not fitted from these trials", file=sys.stderr)
     for col in list(space.scale) + [h for h in space.governed if h in df.columns]:
         vals = pd.to_numeric(df[col], errors="coerce")
         bad = ~(vals.notna() & (vals > 0) & vals.abs().lt(float("inf")))
         if bad.any():
             row = int(bad.idxmax())
             raise RaylawError(f"{csv}: column '{col}' row {row + 2}: expected a positive finite "
-                              f"number, got {df[col].iloc[row]!r}")
+                              f"number, got {df[col].iloc[row]}")
         df[col] = vals
     metric = pd.to_numeric(df[space.metric], errors="coerce")
     bad = metric.isna() & df[space.metric].notna() & ~df[space.metric].astype(str).str.lower().isin(
@@ -89,9 +97,10 @@ def read_trials(csv: str, space: SearchSpace, renames: list[str] | None) -> pd.D
 def law_table(law: ScalingLaw) -> str:
     """A readable table of a law: coefficients with standard errors, evidence, fit quality."""
     curved = sum(o.curvature is not None for o in law.optima)
+    joint = (f", {curved} with their bowl's curvature: hyperparameters fitted jointly"
+             if curved else "")
     lines = [f"law for space '{law.space_name}'  (prior: {law.provenance.get('prior', '?')}, "
-             f"{len(law.optima)} optima, {curved} with their bowl's curvature: "
-             "hyperparameters fitted jointly)"]
+             f"{len(law.optima)} optima{joint})"]
     for name, s in law.summary().items():
         term = law.terms[name]
         if not s["fitted"]:
@@ -179,6 +188,11 @@ def sweep_config(a: argparse.Namespace, scale: dict[str, float]) -> SweepConfig:
                           "budget in (0, 1] (1 turns early stopping off)")
     if a.reduction_factor < 2:
         raise RaylawError(f"--reduction-factor {a.reduction_factor}: expected an integer >= 2")
+    if a.max_concurrent is not None and a.max_concurrent < 1:
+        raise RaylawError(f"--max-concurrent {a.max_concurrent}: expected an integer >= 1")
+    if a.max_failures < 0:
+        raise RaylawError(f"--max-failures {a.max_failures}: expected an integer >= 0 "
+                          "(retries of a crashed trial)")
     constants = {}
     for item in a.config or []:
         key, sep, value = item.partition("=")
@@ -261,6 +275,8 @@ def cmd_ladder(a: argparse.Namespace) -> None:
 def cmd_history(a: argparse.Namespace) -> None:
     from raylaw.history import history_rows
 
+    if not Path(a.law).is_file():
+        raise RaylawError(f"{a.law}: no such law file")
     rows = history_rows(a.law)
     if not rows:
         raise RaylawError(f"{a.law}: no versions (a law gets versions when a sweep refits it)")
@@ -296,11 +312,12 @@ def add_sweep_flags(p: argparse.ArgumentParser) -> None:
                    help="prior for a law file that does not exist yet")
     p.add_argument("--coverage", type=coverage_arg, default=0.9,
                    help="interval the search starts from (default 0.9)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the sampler's seed: proposals depend only on it and the trial number")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as "
                    "resources allow)")
     p.add_argument("--max-failures", type=int, default=1,
-                   help="retries of a crashed trial before it is recorded as errored")
+                   help="retries of a crashed trial before it is recorded as errored (default 1)")
     p.add_argument("--grace-fraction", type=float, default=GRACE_FRACTION, metavar="F",
                    help=f"ASHA's first rung, as a share of the budget (default "
                    f"{GRACE_FRACTION:.3g}): every trial trains that far before it can be "
@@ -347,9 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_fit)
 
     pr = sub.add_parser("predict", help="predict optima and intervals at a scale")
-    pr.add_argument("--law", required=True)
-    pr.add_argument("--scale", action="append", metavar="NAME=VALUE", required=True)
-    pr.add_argument("--coverage", type=coverage_arg, default=0.9)
+    pr.add_argument("--law", required=True, help="law JSON file")
+    pr.add_argument("--scale", action="append", metavar="NAME=VALUE", required=True,
+                    help="the target scale, one flag per variable, e.g. --scale N=1e9")
+    pr.add_argument("--coverage", type=coverage_arg, default=0.9,
+                    help="the intervals' coverage (default 0.9)")
     pr.add_argument("--json", action="store_true", help="one JSON object on stdout")
     pr.set_defaults(func=cmd_predict)
 
@@ -360,12 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="plot a law's optima, fit and interval band to PNG")
     pl.add_argument("law")
     pl.add_argument("--out", required=True)
-    pl.add_argument("--coverage", type=coverage_arg, default=0.9)
+    pl.add_argument("--coverage", type=coverage_arg, default=0.9,
+                    help="the band's coverage (default 0.9)")
     pl.set_defaults(func=cmd_plot)
 
     sw = sub.add_parser("sweep", help="run one law-narrowed sweep on Ray Tune, then refit")
     add_sweep_flags(sw)
-    sw.add_argument("--scale", action="append", metavar="NAME=VALUE", required=True)
+    sw.add_argument("--scale", action="append", metavar="NAME=VALUE", required=True,
+                    help="the target scale, one flag per variable, e.g. --scale N=1e5")
     sw.add_argument("--study", help="name of the sweep's study in the store")
     sw.set_defaults(func=cmd_sweep)
 
@@ -389,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     except RaylawError as e:
         print(f"raylaw: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("raylaw: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        why = f": {e}" if str(e) else ""
+        print(f"raylaw: interrupted{why}", file=sys.stderr)
         return 130
     return 0

@@ -224,7 +224,7 @@ def format_summary(r: SweepResult) -> str:
         for name, s in law.summary().items():
             if s.get("fitted"):
                 parts.append(f"{name}: " + " ".join(f"{k}={v:+.3f}" for k, v in s["coef"].items()))
-        lines.append(f"{label}: " + "; ".join(parts))
+        lines.append(f"{label}: " + ("; ".join(parts) or "nothing fitted (no prior, no optima)"))
     if r.law_version is not None:
         lines.append(f"law version {r.law_version} written")
     if r.tokens_full:

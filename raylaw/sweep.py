@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,8 @@ class SweepConfig:
         resume: continue the last unfinished sweep at this scale in the store.
         study_name: the sweep's study name (None: ``<space>[<scale>]#<n>``).
         results_dir: Ray Tune's results directory (None: Ray's).
-        verbose: 0: the summary only; 1: a line per finished trial; 2: Ray Tune's output too.
+        verbose: 0: no progress lines; 1: a line per finished trial; 2: Ray Tune's output too
+            (the CLI prints the summary; from Python, ``raylaw.progress.format_summary``).
         reuse_actors: a finished trial's worker process runs the next trial.
         label: starts the progress lines, e.g. "ladder step 2 of 5".
     """
@@ -165,6 +167,21 @@ def load_trainable(spec: str) -> Callable[[dict], Any]:
     return fn
 
 
+def _check_config(trainable: Callable, spec: str, space: SearchSpace, scale: dict[str, float],
+                  constants: dict[str, Any]) -> None:
+    """A trainable's own ``check_config(config)``, if it has one, run on a trial's config
+    before Ray starts: a misspelt ``--config`` fails at once, not in every trial."""
+    check = getattr(trainable, "check_config", None)
+    if check is None:
+        return
+    example = {n: d.choices[0] if isinstance(d, optuna.distributions.CategoricalDistribution)
+               else d.low for n, d in space.optuna_distributions().items()}
+    try:
+        check({**example, "scale": scale, **constants})
+    except (ValueError, TypeError) as e:
+        raise RaylawError(f"--trainable {spec}: refuses the trials' config: {e}") from None
+
+
 def load_law(path: str | Path, space: SearchSpace, prior: str | None) -> ScalingLaw:
     """The law at ``path`` (checked against the space), or a fresh one from the prior."""
     path = Path(path)
@@ -174,14 +191,10 @@ def load_law(path: str | Path, space: SearchSpace, prior: str | None) -> Scaling
         except RaylawError:
             return ScalingLaw.for_space(space, prior=None)
     law = ScalingLaw.load(path)
-    if law.space_name != space.name:
-        raise RaylawError(f"--law {path}: fitted for space '{law.space_name}', not "
-                          f"'{space.name}'")
-    for name, hp in space.governed.items():
-        term = law.terms.get(name)
-        if term is None or set(term.depends_on) != set(hp.depends_on):
-            raise RaylawError(f"--law {path}: has no law for '{name}' on "
-                              f"{list(hp.depends_on)} as space '{space.name}' declares")
+    try:
+        space.check_law(law)
+    except RaylawError as e:
+        raise RaylawError(f"--law {path}: {e}") from None
     return law
 
 
@@ -197,6 +210,7 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
     space, scale = cfg.space.fix(cfg.constants), cfg.space.check_scale(cfg.scale)
     spec = cfg.trainable or space.trainable or DEFAULT_TRAINABLE
     trainable = load_trainable(spec)
+    _check_config(trainable, spec, space, scale, cfg.constants)
     law = load_law(cfg.law_path, space, cfg.prior)
     new_file = sqlite_path(cfg.store)
     new_file = new_file if new_file is not None and not new_file.exists() else None
@@ -207,6 +221,9 @@ def run_sweep(cfg: SweepConfig, address: str | None = None) -> SweepResult:
                          seed=cfg.seed)
     study, resumed = create_sweep(storage, space, scale, space.mode, sampler, cfg.resume,
                                   cfg.study_name)
+    if cfg.resume and not resumed:
+        print(f"raylaw: --resume: no unfinished sweep at {scale_key(scale)} in the store; "
+              f"starting {study.study_name}", file=sys.stderr)
     records.record_fixed(study, {k: v for k, v in cfg.constants.items() if k in cfg.space.free})
     finished = study.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
@@ -303,6 +320,11 @@ def _run_tuner(cfg: SweepConfig, space: SearchSpace, study: optuna.Study, search
                               f"'{space.metric}' (the space's metric); trainables must report "
                               "it with ray.tune.report") from e
         raise RaylawError(f"sweep {study.study_name} failed: {msg}") from e
+    if sum(search.counts.values()) < remaining:
+        # Tune ends its run quietly on Ctrl-C (SIGINT, or SIGUSR1), its trials marked as ended:
+        # the sweep stays `running` in the store for --resume, and the law is not refitted
+        raise KeyboardInterrupt(f"sweep {study.study_name} is unfinished in the store; "
+                                "--resume continues it")
 
 
 def _refit(cfg: SweepConfig, space: SearchSpace, scale: dict[str, float], law: ScalingLaw,

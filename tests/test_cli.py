@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 
 import pytest
 
+from raylaw import ScalingLaw
 from raylaw.cli import main
 from tests.conftest import LM_SPACE, ROOT, STEPLAW_CSV, STEPLAW_SPACE
 
@@ -82,6 +85,8 @@ def edited_csv(tmp_path, fn):
     ("nan_lr", "column 'lr' row 4"),
     ("too_few_scales", "at least 4 scales"),
     ("missing_space", "cannot read search space"),
+    ("no_rows", "no trials"),
+    ("out_under_a_file", "cannot write"),
 ])
 def test_fit_bad_input(tmp_path, capsys, case, expect):
     out = tmp_path / "out.json"
@@ -107,6 +112,11 @@ def test_fit_bad_input(tmp_path, capsys, case, expect):
                                                 & d.D.isin(sorted(d.D.unique())[:3])])
     elif case == "missing_space":
         space = str(tmp_path / "nope.yaml")
+    elif case == "no_rows":
+        csv = edited_csv(tmp_path, lambda d: d.iloc[:0])
+    elif case == "out_under_a_file":
+        (tmp_path / "a_file").write_text("")
+        out = tmp_path / "a_file" / "law.json"
     err = run_bad(capsys, ["fit", "--csv", csv, "--space", space, "--out", str(out),
                            "--prior", "none", *rename], out)
     assert expect in err
@@ -129,6 +139,37 @@ def test_predict_bad_input(tmp_path, capsys, law_path):
     assert str(bad) in err and "format_version 9" in err
     err = run_bad(capsys, ["show", str(tmp_path / "missing.json")])
     assert "cannot read law file" in err
+    err = run_bad(capsys, ["history", str(tmp_path / "missing.json")])
+    assert "missing.json: no such law file" in err
+    err = run_bad(capsys, ["predict", "--law", str(law_path), "--scale", "N=1e9",
+                           "--scale", "D=2e10", "--scale", "N=2e9"])
+    assert "--scale N: given twice" in err
+
+
+def test_a_trials_file_without_a_governed_column_fits_the_others_and_says_so(tmp_path, capsys):
+    csv = edited_csv(tmp_path, lambda d: d[d.N.isin(sorted(d.N.unique())[:4])].drop(
+        columns=["lr"]))
+    out = tmp_path / "law.json"
+    assert main(["fit", "--csv", csv, "--space", str(STEPLAW_SPACE), "--out", str(out),
+                 "--rename", "smooth loss=loss", "--prior", "none"]) == 0
+    assert "has no column 'lr'" in capsys.readouterr().err
+    law = ScalingLaw.load(out)
+    assert law.terms["bs"].fitted and not law.terms["lr"].fitted
+
+
+def test_written_files_keep_their_mode_or_take_the_umasks(tmp_path, law_path):
+    law = ScalingLaw.load(law_path)
+    old = os.umask(0o022)
+    try:
+        law.save(tmp_path / "new.json")
+        kept = tmp_path / "kept.json"
+        kept.write_text("{}")
+        kept.chmod(0o640)
+        law.save(kept)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and ScalingLaw.load(kept).optima
 
 
 def test_failed_fit_keeps_previous_output(tmp_path, capsys, law_path):

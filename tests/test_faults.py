@@ -21,7 +21,7 @@ from raylaw.cli import main
 from raylaw.history import versions
 from raylaw.scheduler import LawASHA
 from raylaw.sweep import asha_scheduler
-from tests.conftest import LM_SPACE, STEPLAW_SPACE
+from tests.conftest import LM_SPACE, ROOT, STEPLAW_SPACE
 from tests.test_sweep import start_driver, sweep_args
 
 pytestmark = pytest.mark.ray
@@ -72,6 +72,41 @@ def test_resume_after_the_driver_is_killed(ray_local, tmp_path):
     for n in running:  # unfinished ones were, in their own record
         assert by_number[n].user_attrs["raylaw_status"] in ("completed", "stopped")
     assert study.user_attrs["raylaw_sweep"] == "finished"
+
+
+def test_ctrl_c_leaves_the_sweep_unfinished_and_resume_continues_it(ray_local, tmp_path):
+    """Tune ends its run quietly on Ctrl-C; the sweep must not be taken for finished."""
+    args = sweep_args(tmp_path, "--config", "sleep=0.7", "--config", "reports=4", samples=5)
+    # --resume with nothing to resume starts a new sweep and says so
+    proc = subprocess.Popen([sys.executable, "-m", "raylaw.tune", *args, "--resume"], cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    storage = f"sqlite:///{tmp_path / 'store.db'}"
+    try:
+        deadline, done = time.time() + 240, 0
+        while time.time() < deadline and done < 2:
+            time.sleep(0.5)
+            try:
+                done = sum(t.state != TrialState.RUNNING for t in study_of(tmp_path).trials)
+            except Exception:  # noqa: BLE001 - not created yet
+                pass
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume: no unfinished sweep at D=100000,N=100000" in err
+    assert "raylaw: interrupted: sweep" in err and "--resume continues it" in err
+    study = study_of(tmp_path)
+    assert study.user_attrs["raylaw_sweep"] == "running"
+    assert not (tmp_path / "law.json").exists()  # no refit from a partial sweep
+    assert main(args + ["--resume"]) == 0
+    study = optuna.load_study(study_name=study.study_name, storage=storage)
+    assert len(study.trials) == 5 and study.user_attrs["raylaw_sweep"] == "finished"
+    assert (tmp_path / "law.json").exists()
 
 
 def test_a_trial_cut_off_mid_ask_is_rerun_with_all_its_parameters(tmp_path):
@@ -318,6 +353,10 @@ def test_a_law_file_is_never_half_written(tmp_path):
     ("bad_reduction", "--reduction-factor 1: expected an integer >= 2"),
     ("fixed_governed", "constant lr=0.01: lr is governed by the law of space 'lm'"),
     ("fixed_out_of_range", "constant weight_decay=5: expected a number in [0.001, 0.3]"),
+    ("lm_unknown_config", "refuses the trials' config: config nosuchkey: not a setting"),
+    ("scale_twice", "--scale N: given twice (100000 and 60000)"),
+    ("no_concurrency", "--max-concurrent 0: expected an integer >= 1"),
+    ("negative_retries", "--max-failures -1: expected an integer >= 0"),
 ])
 def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
     space = yaml.safe_load(LM_SPACE.read_text())
@@ -347,6 +386,14 @@ def test_sweep_refuses_bad_input(tmp_path, capsys, case, expect):
         extra = ["--config", "lr=0.01"]
     elif case == "fixed_out_of_range":
         extra = ["--config", "weight_decay=5"]
+    elif case == "lm_unknown_config":
+        extra, trainable = ["--config", "nosuchkey=3"], "raylaw.trainables.lm:train"
+    elif case == "scale_twice":
+        scale = ("N=1e5", "D=1e5", "N=6e4")
+    elif case == "no_concurrency":
+        extra = ["--max-concurrent", "0"]
+    elif case == "negative_retries":
+        extra = ["--max-failures", "-1"]
     space_file = tmp_path / "space.yaml"
     space_file.write_text(yaml.safe_dump(space))
     args = sweep_args(tmp_path, *extra, scale=scale, trainable=trainable)

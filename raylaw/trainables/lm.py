@@ -709,3 +709,6 @@ def train(config: dict) -> None:
         if checkpoint_dir is None and restore and Path(restore, CHECKPOINT_FILE).is_file():
             checkpoint_dir = restore
         return run(config, report, checkpoint_dir=checkpoint_dir)
+
+
+train.check_config = LMConfig.from_dict  # the sweep checks --config with it before Ray starts
