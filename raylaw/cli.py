@@ -170,6 +170,8 @@ def cmd_show(a: argparse.Namespace) -> None:
 def cmd_plot(a: argparse.Namespace) -> None:
     from raylaw.plot import plot_law
 
+    if Path(a.out).suffix.lower() != ".png":
+        raise RaylawError(f"--out {a.out}: expected a .png file (the plot is a PNG)")
     plot_law(ScalingLaw.load(a.law), a.out, a.coverage)
     print(f"wrote {a.out}")
 

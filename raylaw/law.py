@@ -39,6 +39,7 @@ FORMAT_VERSION = 1
 TAU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 3.0, 80)])
 TAU_PRIOR_SCALE = 0.3  # half-Cauchy scale on the scatter of log-optima around the law
 MIN_SIGMA = 1e-3
+MAX_COEF = 1e3  # a stored log-coefficient beyond this is no fitted law (a corrupt file)
 CENSORED_ITERATIONS, CENSORED_TOL = 200, 1e-4  # EM for optima that are bounds (log space)
 SHAPE_CLIP = (1e-2, 1e2)  # eigenvalue bounds of a normalized scatter shape
 
@@ -246,6 +247,9 @@ class Posterior:
         if any(k not in t for k in ("coef", "cov", "scatter")):
             raise RaylawError(f"{where}: a scatter_posterior needs coef, cov and scatter")
         mean = _finite_array(t["coef"], (p,), f"{where}.coef")
+        if np.any(np.abs(mean) > MAX_COEF):  # logs of a power law's factor and its exponents
+            raise RaylawError(f"{where}.coef: {mean.tolist()} is out of range for a power law "
+                              f"(|coefficient| <= {MAX_COEF:g})")
         cov = _finite_array(t["cov"], (p, p), f"{where}.cov")
         if not np.allclose(cov, cov.T) or np.any(np.linalg.eigvalsh(cov) < -1e-12):
             raise RaylawError(f"{where}.cov must be symmetric positive semi-definite")

@@ -139,6 +139,9 @@ def test_predict_bad_input(tmp_path, capsys, law_path):
     assert str(bad) in err and "format_version 9" in err
     err = run_bad(capsys, ["show", str(tmp_path / "missing.json")])
     assert "cannot read law file" in err
+    err = run_bad(capsys, ["plot", str(law_path), "--out", str(tmp_path / "law.txt")],
+                  tmp_path / "law.txt")
+    assert "expected a .png file" in err
     err = run_bad(capsys, ["history", str(tmp_path / "missing.json")])
     assert "missing.json: no such law file" in err
     err = run_bad(capsys, ["predict", "--law", str(law_path), "--scale", "N=1e9",

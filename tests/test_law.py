@@ -279,6 +279,7 @@ def test_noise_and_skew_of_optima_survive_the_law_file(tmp_path):
     (lambda d: d["terms"]["lr"].update(scatter=9.0), "scatter: 9.0 is not the mean"),
     (lambda d: d["terms"]["lr"].update(cov=[[1, 2, 0], [0, 1, 0], [0, 0, 1]]), "symmetric"),
     (lambda d: d["terms"]["lr"].update(coef=[0.1, 0.2]), r"coef: expected shape \(3,\)"),
+    (lambda d: d["terms"]["lr"].update(coef=[1e308, 0.2, 0.3]), "out of range for a power law"),
     (lambda d: [d["terms"]["bs"].pop(k) for k in ("coef", "cov", "scatter", "scatter_posterior")],
      "terms.bs has optima but no fit"),
 ])
