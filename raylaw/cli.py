@@ -277,9 +277,9 @@ def cmd_ladder(a: argparse.Namespace) -> None:
 def cmd_history(a: argparse.Namespace) -> None:
     from raylaw.history import history_rows
 
-    if not Path(a.law).is_file():
-        raise RaylawError(f"{a.law}: no such law file")
     rows = history_rows(a.law)
+    if not rows and not Path(a.law).is_file():
+        raise RaylawError(f"{a.law}: no such law file")
     if not rows:
         raise RaylawError(f"{a.law}: no versions (a law gets versions when a sweep refits it)")
     for r in rows:

@@ -333,6 +333,7 @@ def narrowed_distributions(law: ScalingLaw | None, space: SearchSpace, scale: di
 def enqueue_prediction(study: Study, law: ScalingLaw, space: SearchSpace,
                        scale: dict[str, float], extra: dict[str, Any] | None = None) -> dict:
     """Enqueue the law's predicted optimum (snapped to the space's bounds) as the next trial."""
+    space.check_law(law)
     params = {}
     for name, pred in law.predict(scale).items():
         if name in space.governed:

@@ -131,12 +131,13 @@ def test_fix_holds_free_hyperparameters_and_refuses_governed_ones():
 
 
 def test_a_law_for_another_space_is_refused_by_the_python_api_too():
-    from raylaw import LawSampler, narrowed_distributions
+    from raylaw import LawSampler, enqueue_prediction, narrowed_distributions
 
     law = ScalingLaw.for_space(SearchSpace.load(STEPLAW_SPACE), prior="steplaw")
     lm = SearchSpace.load(LM_SPACE)
     scale = {"N": 1e5, "D": 2e6}
     for make in (lambda: LawSampler(law, lm, scale), lambda: narrowed_distributions(law, lm, scale),
-                 lambda: lm.tune_space(law, scale)):
+                 lambda: lm.tune_space(law, scale),
+                 lambda: enqueue_prediction(optuna.create_study(), law, lm, scale)):
         with pytest.raises(RaylawError, match="law fitted for space 'steplaw', not 'lm'"):
             make()
